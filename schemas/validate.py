@@ -1,0 +1,323 @@
+"""Validation of telemetry records and gateway batch envelopes (contract v1).
+
+One module for both sides: the gateway collector validates what devices send
+before stamping and forwarding it, and the pipeline validates every record it
+decodes from a batch again (a batch may come from an older or foreign gateway).
+Standard library only.
+
+Every rejection carries a ``reason`` from the bounded set :data:`REASONS` (for
+counters and dashboards) and a ``detail`` that quotes the offending value.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .contract import Contract, FieldSpec, load_contract
+
+REASONS = (
+    "payload_too_large",
+    "not_utf8",
+    "not_json",
+    "not_object",
+    "too_many_records",
+    "unsupported_version",
+    "missing_field",
+    "wrong_type",
+    "out_of_range",
+    "bad_identifier",
+    "unknown_kind",
+    "bad_enum",
+    "bad_firmware",
+    "bad_quantity",
+    "bad_unit",
+    "string_too_long",
+    "event_time_in_future",
+    "event_time_too_old",
+)
+
+
+class InvalidTelemetry(ValueError):
+    """A record or envelope that breaks the contract."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A record (or whole payload) refused, with why; kept as a dead letter."""
+
+    reason: str
+    detail: str
+    index: int | None = None  # position in the message's record list, None = whole payload
+    record: Any = None  # the offending record as decoded, if it decoded at all
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class Validator:
+    """Validates records and envelopes against one contract version.
+
+    ``now_ms`` given to the methods bounds event time from above (device
+    clocks drift; a record too far in the future is refused). The gateway
+    passes its wall clock, the pipeline the time the batch was received.
+    """
+
+    def __init__(self, contract: Contract | None = None) -> None:
+        self.contract = contract or load_contract(1)
+        self._limits = self.contract.limits
+
+    # ---------------------------------------------------------------- fields
+    def _identifier(self, name: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise InvalidTelemetry("wrong_type", f"{name} must be a string, got {_short(value)}")
+        if len(value) > self._limits.identifier_max_length or not self.contract.identifier_re.fullmatch(
+            value
+        ):
+            raise InvalidTelemetry(
+                "bad_identifier",
+                f"{name}={_short(value)} must match {self._limits.identifier_pattern} "
+                f"and be at most {self._limits.identifier_max_length} characters",
+            )
+        return value
+
+    def _field(self, spec: FieldSpec, value: Any) -> Any:
+        kind = spec.type
+        if kind == "identifier":
+            return self._identifier(spec.name, value)
+        if kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidTelemetry(
+                    "wrong_type", f"{spec.name} must be an integer, got {_short(value)}"
+                )
+            if (spec.min is not None and value < spec.min) or (
+                spec.max is not None and value > spec.max
+            ):
+                raise InvalidTelemetry(
+                    "out_of_range",
+                    f"{spec.name}={value} is outside [{spec.min}, {spec.max}]",
+                )
+            return value
+        if kind == "enum":
+            if value not in spec.values:
+                raise InvalidTelemetry(
+                    "bad_enum", f"{spec.name}={_short(value)} is not one of {list(spec.values)}"
+                )
+            return value
+        if kind == "string":
+            if not isinstance(value, str):
+                raise InvalidTelemetry(
+                    "wrong_type", f"{spec.name} must be a string, got {_short(value)}"
+                )
+            if len(value) > self._limits.max_string_length:
+                raise InvalidTelemetry(
+                    "string_too_long",
+                    f"{spec.name} has {len(value)} characters, at most "
+                    f"{self._limits.max_string_length} allowed",
+                )
+            return value
+        if kind == "quantities":
+            return self._quantities(value)
+        raise AssertionError(f"contract field type {kind!r} has no validator")
+
+    def _quantities(self, value: Any) -> list[dict[str, Any]]:
+        if not isinstance(value, list) or not value:
+            raise InvalidTelemetry(
+                "bad_quantity", f"quantities must be a non-empty list, got {_short(value)}"
+            )
+        if len(value) > self._limits.max_quantities_per_usage:
+            raise InvalidTelemetry(
+                "bad_quantity",
+                f"{len(value)} quantities, at most {self._limits.max_quantities_per_usage}",
+            )
+        out = []
+        for q in value:
+            if not isinstance(q, dict):
+                raise InvalidTelemetry("bad_quantity", f"quantity {_short(q)} is not an object")
+            name = self._identifier("quantities.name", q.get("name"))
+            number = q.get("value")
+            if (
+                isinstance(number, bool)
+                or not isinstance(number, int | float)
+                or not math.isfinite(number)
+                or number < 0
+            ):
+                raise InvalidTelemetry(
+                    "bad_quantity",
+                    f"quantity {name} value {_short(number)} must be a finite number >= 0",
+                )
+            unit = q.get("unit")
+            if unit not in self.contract.units:
+                raise InvalidTelemetry(
+                    "bad_unit",
+                    f"quantity {name} unit {_short(unit)} is not one of {sorted(self.contract.units)}",
+                )
+            out.append({"name": name, "value": float(number), "unit": unit})
+        return out
+
+    # --------------------------------------------------------------- records
+    def record(self, obj: Any, *, now_ms: int | None = None) -> dict[str, Any]:
+        """Return the normalized record (known fields only) or raise InvalidTelemetry."""
+        if not isinstance(obj, dict):
+            raise InvalidTelemetry("not_object", f"a record must be a JSON object, got {_short(obj)}")
+        version = obj.get("v", 1)
+        if version != self.contract.version:
+            raise InvalidTelemetry(
+                "unsupported_version", f"record v={_short(version)}, this validator speaks v1"
+            )
+        out: dict[str, Any] = {}
+        for spec in self.contract.common:
+            if spec.name == "v":
+                continue
+            if spec.name not in obj:
+                raise InvalidTelemetry("missing_field", f"record has no {spec.name}")
+            out[spec.name] = self._field(spec, obj[spec.name])
+        if out["seq"] > self._limits.max_seq or out["boot"] > self._limits.max_boot:
+            raise InvalidTelemetry("out_of_range", f"boot={out['boot']} seq={out['seq']} too large")
+        if not self.contract.firmware_re.fullmatch(out["fw"]):
+            raise InvalidTelemetry(
+                "bad_firmware", f"fw={_short(out['fw'])} is not a dotted version like 2.4.1"
+            )
+        ts = out["ts_ms"]
+        if ts < self._limits.min_event_time_ms:
+            raise InvalidTelemetry("event_time_too_old", f"ts_ms={ts} is before 2000-01-01")
+        if now_ms is not None and ts > now_ms + self._limits.max_future_skew_ms:
+            raise InvalidTelemetry(
+                "event_time_in_future",
+                f"ts_ms={ts} is {(ts - now_ms) // 1000}s ahead of the receiver's clock",
+            )
+        kind = out["kind"]
+        for spec in self.contract.kinds[kind]:
+            if spec.name in obj:
+                out[spec.name] = self._field(spec, obj[spec.name])
+            elif spec.required:
+                raise InvalidTelemetry("missing_field", f"{kind} record has no {spec.name}")
+        return out
+
+    def records(
+        self, items: list[Any], *, now_ms: int | None = None
+    ) -> tuple[list[dict[str, Any]], list[Rejection]]:
+        """Validate a list of records; return (valid, rejected) — never raises."""
+        valid: list[dict[str, Any]] = []
+        rejected: list[Rejection] = []
+        for index, item in enumerate(items):
+            try:
+                valid.append(self.record(item, now_ms=now_ms))
+            except InvalidTelemetry as exc:
+                rejected.append(Rejection(exc.reason, exc.detail, index, item))
+        return valid, rejected
+
+    # -------------------------------------------------------------- payloads
+    def _json(self, payload: bytes) -> Any:
+        if len(payload) > self._limits.max_payload_bytes:
+            raise InvalidTelemetry(
+                "payload_too_large",
+                f"{len(payload)} bytes, at most {self._limits.max_payload_bytes}",
+            )
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidTelemetry("not_utf8", str(exc)) from None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidTelemetry("not_json", f"{exc.msg} at offset {exc.pos}") from None
+
+    def device_payload(
+        self, payload: bytes, *, now_ms: int | None = None
+    ) -> tuple[list[dict[str, Any]], list[Rejection]]:
+        """Decode a device message (one record or an array of them)."""
+        try:
+            obj = self._json(payload)
+        except InvalidTelemetry as exc:
+            return [], [Rejection(exc.reason, exc.detail)]
+        items = obj if isinstance(obj, list) else [obj]
+        if len(items) > self._limits.max_records_per_message:
+            return [], [
+                Rejection(
+                    "too_many_records",
+                    f"{len(items)} records, at most {self._limits.max_records_per_message}",
+                )
+            ]
+        return self.records(items, now_ms=now_ms)
+
+    def envelope(
+        self, payload: bytes, *, now_ms: int | None = None
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[Rejection]]:
+        """Decode a gateway batch: (envelope header or None, valid records, rejections).
+
+        A header that breaks the contract rejects the whole payload (the
+        records cannot be attributed to a customer); a bad record inside a
+        good envelope rejects only that record.
+        """
+        try:
+            obj = self._json(payload)
+            if not isinstance(obj, dict):
+                raise InvalidTelemetry("not_object", "a batch must be a JSON object")
+            if obj.get("v") != self.contract.version:
+                raise InvalidTelemetry(
+                    "unsupported_version", f"batch v={_short(obj.get('v'))}, expected 1"
+                )
+            header: dict[str, Any] = {}
+            for spec in self.contract.envelope:
+                if spec.name == "records":
+                    continue
+                if spec.name not in obj:
+                    raise InvalidTelemetry("missing_field", f"batch has no {spec.name}")
+                header[spec.name] = self._field(spec, obj[spec.name])
+            items = obj.get("records")
+            if not isinstance(items, list):
+                raise InvalidTelemetry("missing_field", "batch has no records list")
+            if len(items) > self._limits.max_records_per_message:
+                raise InvalidTelemetry(
+                    "too_many_records",
+                    f"{len(items)} records, at most {self._limits.max_records_per_message}",
+                )
+        except InvalidTelemetry as exc:
+            return None, [], [Rejection(exc.reason, exc.detail)]
+        valid, rejected = self.records(items, now_ms=now_ms)
+        return header, valid, rejected
+
+
+def dead_letter(
+    rejection: Rejection,
+    *,
+    source: str,
+    topic: str | None,
+    at_ms: int,
+    payload: bytes | None = None,
+) -> dict[str, Any]:
+    """The JSON-serialisable dead-letter row for a rejection (the same shape everywhere).
+
+    A rejected record is kept as decoded; a payload rejected as a whole is kept
+    raw (as text when it is UTF-8, otherwise base64) so it can be replayed.
+    """
+    row: dict[str, Any] = {
+        "at_ms": at_ms,
+        "source": source,
+        "topic": topic,
+        "reason": rejection.reason,
+        "detail": rejection.detail,
+        "index": rejection.index,
+        "record": rejection.record if rejection.index is not None else None,
+        "payload": None,
+        "payload_encoding": None,
+    }
+    if rejection.index is None and payload is not None:
+        try:
+            row["payload"], row["payload_encoding"] = payload.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            row["payload"] = base64.b64encode(payload).decode("ascii")
+            row["payload_encoding"] = "base64"
+    return row

@@ -61,7 +61,8 @@ def install_hint(extras: Sequence[str]) -> str:
     return f"pip install 'fleetpulse[{','.join(extras)}]'"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the ``selected`` command's module is imported (fast start)."""
     parser = argparse.ArgumentParser(
         prog="fleetpulse",
         description="Device telemetry to customer-success signals.",
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         sp = sub.add_parser(command.name, help=command.help, description=command.help)
         sp.set_defaults(_command=command)
+        if command.name != selected:
+            continue
         if not missing_extras(command.extras):
             importlib.import_module(command.module).add_arguments(sp)
         else:
@@ -86,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = {c.name for c in COMMANDS}
+    parser = build_parser(next((a for a in argv if a in names), None))
     args = parser.parse_args(argv)
     command: Command = args._command
     missing = missing_extras(command.extras)

@@ -38,6 +38,7 @@ REASONS = (
     "string_too_long",
     "event_time_in_future",
     "event_time_too_old",
+    "topic_mismatch",
 )
 
 

@@ -1,0 +1,136 @@
+"""The accounts registry: the CRM export that says who the customers are.
+
+A CSV with one row per customer (``accounts.csv``; the simulator writes one).
+Columns, in any order, extra columns ignored:
+
+=================  ========  ==================================================
+column             required  meaning
+=================  ========  ==================================================
+customer_id        yes       identifier matching the telemetry contract
+name               no        display name (defaults to customer_id)
+segment            yes       ``smb`` / ``mid_market`` / ``enterprise``
+engagement_model   yes       ``digital`` / ``low_touch`` / ``high_touch``
+arr_usd            yes       annual recurring revenue, integer USD >= 0
+contract_start     yes       ISO date YYYY-MM-DD
+renewal_date       yes       ISO date, not before contract_start
+entitled_devices   yes       devices bought, integer >= 0
+csm_owner          no        assigned CSM (e-mail or name); empty = none
+nps                no        latest NPS/CSAT answer -100..100; empty = unknown
+=================  ========  ==================================================
+
+Every problem raises :class:`~fleetpulse.errors.ConfigError` naming the file,
+the row and column, and the fix. Standard library only.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from fleetpulse.errors import ConfigError
+from fleetpulse.schemas import load_contract
+
+SEGMENTS = ("smb", "mid_market", "enterprise")
+ENGAGEMENT_MODELS = ("digital", "low_touch", "high_touch")
+REQUIRED = (
+    "customer_id",
+    "segment",
+    "engagement_model",
+    "arr_usd",
+    "contract_start",
+    "renewal_date",
+    "entitled_devices",
+)
+
+
+@dataclass(frozen=True)
+class Account:
+    customer_id: str
+    name: str
+    segment: str
+    engagement_model: str
+    arr_usd: int
+    contract_start: date
+    renewal_date: date
+    entitled_devices: int
+    csm_owner: str | None
+    nps: int | None
+
+
+def load_accounts(path: str | Path) -> dict[str, Account]:
+    """Read and validate the registry; returns accounts by customer_id."""
+    path = Path(path)
+    source = str(path)
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            source, "accounts", f"cannot read the accounts registry ({exc.strerror})",
+            "pass --accounts with the path of the CRM export CSV",
+        ) from None
+    identifier = load_contract().identifier_re
+    accounts: dict[str, Account] = {}
+    with handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ConfigError(
+                source, f"header.{missing[0]}", f"column {missing[0]!r} is missing",
+                f"the header must contain {', '.join(REQUIRED)}",
+            )
+        for line, row in enumerate(reader, start=2):
+
+            def bad(column: str, problem: str, fix: str, line: int = line) -> ConfigError:
+                return ConfigError(source, f"row {line}.{column}", problem, fix)
+
+            def integer(column: str, low: int, high: int | None = None) -> int:
+                text = (row.get(column) or "").strip()
+                try:
+                    value = int(text)
+                except ValueError:
+                    raise bad(column, f"{text!r} is not an integer", f"write a whole number >= {low}") from None
+                if value < low or (high is not None and value > high):
+                    raise bad(column, f"{value} is out of range", f"use a value in [{low}, {high}]")
+                return value
+
+            def day(column: str) -> date:
+                text = (row.get(column) or "").strip()
+                try:
+                    return date.fromisoformat(text)
+                except ValueError:
+                    raise bad(column, f"{text!r} is not a date", "write it as YYYY-MM-DD") from None
+
+            def choice(column: str, allowed: tuple[str, ...]) -> str:
+                text = (row.get(column) or "").strip()
+                if text not in allowed:
+                    raise bad(column, f"{text!r} is not allowed", f"use one of {', '.join(allowed)}")
+                return text
+
+            customer_id = (row.get("customer_id") or "").strip()
+            if not identifier.fullmatch(customer_id):
+                raise bad("customer_id", f"{customer_id!r} is not a valid identifier",
+                          "use letters, digits and . _ : - (at most 64)")
+            if customer_id in accounts:
+                raise bad("customer_id", f"{customer_id!r} appears twice", "keep one row per customer")
+            start, renewal = day("contract_start"), day("renewal_date")
+            if renewal < start:
+                raise bad("renewal_date", f"{renewal} is before contract_start {start}",
+                          "fix the dates in the CRM export")
+            nps_text = (row.get("nps") or "").strip()
+            accounts[customer_id] = Account(
+                customer_id=customer_id,
+                name=(row.get("name") or "").strip() or customer_id,
+                segment=choice("segment", SEGMENTS),
+                engagement_model=choice("engagement_model", ENGAGEMENT_MODELS),
+                arr_usd=integer("arr_usd", 0),
+                contract_start=start,
+                renewal_date=renewal,
+                entitled_devices=integer("entitled_devices", 0),
+                csm_owner=(row.get("csm_owner") or "").strip() or None,
+                nps=integer("nps", -100, 100) if nps_text else None,
+            )
+    if not accounts:
+        raise ConfigError(source, "rows", "the registry has no accounts", "export at least one customer")
+    return accounts

@@ -1,0 +1,131 @@
+"""The landing zone of the Parquet lake: raw central-broker messages, as received.
+
+Layout::
+
+    <lake>/landing/dt=YYYY-MM-DD/part-<received_ms>-<uuid>.parquet   gateway batches
+    <lake>/status/dt=YYYY-MM-DD/part-<received_ms>-<uuid>.parquet    gateway status
+
+One row per MQTT message: ``topic``, ``payload`` (the bytes exactly as the
+broker delivered them) and ``received_ms``. Nothing is decoded here, so a
+message the validator refuses today can be replayed with tomorrow's validator;
+the batch job decodes, validates and deduplicates from this zone.
+
+Files are written to a hidden temporary name, fsynced, renamed into place and
+the directory fsynced: a reader never sees a partial file, and a crash leaves
+at most a ``.tmp`` file that readers ignore.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+LANDING_SCHEMA = pa.schema(
+    [
+        pa.field("topic", pa.string(), nullable=False),
+        pa.field("payload", pa.binary(), nullable=False),
+        pa.field("received_ms", pa.int64(), nullable=False),
+    ]
+)
+
+
+#: zone name -> what lands there (the topic families of the contract)
+ZONES = {"landing": "gateway_batches", "status": "gateway_status"}
+
+
+def landing_dir(lake: str | Path, zone: str = "landing") -> Path:
+    if zone not in ZONES:
+        raise ValueError(f"unknown lake zone {zone!r}; known: {sorted(ZONES)}")
+    return Path(lake) / zone
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(table: pa.Table, final: Path, *, compression: str = "zstd") -> None:
+    """Write ``table`` to ``final`` so that it appears whole or not at all."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as handle:
+        pq.write_table(table, handle, compression=compression)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+class LandingWriter:
+    """Buffers received messages and commits them to the landing zone in files.
+
+    ``add`` returns True when the buffer reached ``max_rows``; the owner then
+    calls ``commit`` (the lander also commits on a timer and at stop).
+    """
+
+    def __init__(self, lake: str | Path, *, zone: str = "landing", max_rows: int = 5000) -> None:
+        self.root = landing_dir(lake, zone)
+        self.max_rows = max_rows
+        self._topics: list[str] = []
+        self._payloads: list[bytes] = []
+        self._received: list[int] = []
+        self.committed_rows = 0
+        self.committed_files = 0
+
+    def __len__(self) -> int:
+        return len(self._topics)
+
+    def add(self, topic: str, payload: bytes, received_ms: int) -> bool:
+        self._topics.append(topic)
+        self._payloads.append(payload)
+        self._received.append(received_ms)
+        return len(self._topics) >= self.max_rows
+
+    def commit(self) -> Path | None:
+        """Write the buffered rows as one file; returns its path (None if empty)."""
+        if not self._topics:
+            return None
+        first = self._received[0]
+        day = datetime.fromtimestamp(first / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
+        final = self.root / f"dt={day}" / f"part-{first:013d}-{uuid.uuid4().hex[:12]}.parquet"
+        table = pa.Table.from_arrays(
+            [
+                pa.array(self._topics, pa.string()),
+                pa.array(self._payloads, pa.binary()),
+                pa.array(self._received, pa.int64()),
+            ],
+            schema=LANDING_SCHEMA,
+        )
+        write_atomically(table, final)
+        self.committed_rows += len(self._topics)
+        self.committed_files += 1
+        self._topics, self._payloads, self._received = [], [], []
+        return final
+
+
+def landing_files(lake: str | Path, zone: str = "landing") -> list[Path]:
+    """Committed files of a zone in name order (temporary files excluded)."""
+    root = landing_dir(lake, zone)
+    if not root.exists():
+        return []
+    return sorted(p for p in root.glob("dt=*/part-*.parquet") if not p.name.startswith("."))
+
+
+def iter_landing_rows(path: Path) -> Iterator[dict[str, object]]:
+    """Rows of one landing file as dicts (topic, payload, received_ms)."""
+    table = pq.read_table(path, schema=LANDING_SCHEMA)
+    for batch in table.to_batches(max_chunksize=1024):
+        topics = batch.column(0).to_pylist()
+        payloads = batch.column(1).to_pylist()
+        received = batch.column(2).to_pylist()
+        for topic, payload, at in zip(topics, payloads, received, strict=True):
+            yield {"topic": topic, "payload": payload, "received_ms": at}

@@ -1,0 +1,36 @@
+# The README's commands. `make demo` and `make test` create the venv themselves.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-unit lint typecheck bench install clean
+
+demo: $(STAMP)  ## the whole path on embedded defaults: simulator -> collectors -> lake -> Beam -> signals
+	$(BIN)/fleetpulse demo $(DEMO_ARGS)
+
+test: $(STAMP)  ## every test, including integration tests against real mosquitto / influxd / victoria-metrics
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check fleetpulse schemas devices pipeline tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy fleetpulse schemas devices pipeline
+
+bench: $(STAMP)  ## benchmarks: each prints candidate/baseline ratios measured in the same run
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[pipeline,demo,dev]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) fleetpulse-demo build *.egg-info

@@ -1,0 +1,126 @@
+"""The batch job over the lake: landing zone → signals, alerts, InfluxDB.
+
+The plan, one named composite per step (batch and the later streaming job
+share every transform; only the source and the triggering differ)::
+
+    ReadLanding → DecodeBatches ─▶ dead letters
+                → KeepPeriod → DedupeRecords ─▶ WriteRawArchive (lake/records, by event hour)
+                → DeviceHourlyRollups ─▶ device_hourly parquet, InfluxDB fp_device_hourly
+                → CustomerDailyUsage → FleetContext ┐
+                → ScoreAccounts ◀─ accounts, model ─┘ ─▶ signals parquet, InfluxDB fp_customer_daily
+                                                      └▶ alerts.jsonl
+
+``build_pipeline`` returns the unrun pipeline (tests and a Flex Template call
+it too); ``run`` runs it and waits.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from fleetpulse.pipeline.accounts import Account
+from fleetpulse.pipeline.health.config import HealthModel
+from fleetpulse.pipeline.health.score import score_account
+from fleetpulse.pipeline.lake.archive import ReadLanding, WriteRawArchive
+from fleetpulse.pipeline.sinks.influx import InfluxConfig
+from fleetpulse.pipeline.transforms.decode import DEAD_LETTERS, DecodeBatches
+from fleetpulse.pipeline.transforms.dedupe import DedupeRecords
+from fleetpulse.pipeline.transforms.fleet import FleetContextFrom
+from fleetpulse.pipeline.transforms.rollups import CustomerDailyUsage, DeviceHourlyRollups
+from fleetpulse.pipeline.transforms.score import ScoreAccounts
+
+from . import outputs
+from .points import customer_day_point, device_hour_point
+from .sinks import WriteJsonLines, WriteParquet, WriteToInflux
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything the job needs, resolved and validated before the pipeline is built."""
+
+    lake: str
+    out: str
+    accounts: dict[str, Account]
+    model: HealthModel
+    influx: InfluxConfig | None = None
+    from_day: date | None = None
+    to_day: date | None = None  # inclusive
+
+
+def _ms(day: date) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp() * 1000)
+
+
+class KeepPeriod(beam.PTransform):
+    """Keep records whose event time falls in [from_day, to_day] (both optional)."""
+
+    def __init__(self, from_day: date | None, to_day: date | None) -> None:
+        super().__init__()
+        self.low = _ms(from_day) if from_day else None
+        self.high = _ms(to_day + timedelta(days=1)) if to_day else None
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        low, high = self.low, self.high
+        if low is None and high is None:
+            return rows
+        return rows | "InPeriod" >> beam.Filter(
+            lambda r: (low is None or r["ts_ms"] >= low) and (high is None or r["ts_ms"] < high)
+        )
+
+
+def build_pipeline(options: PipelineOptions, config: JobConfig) -> beam.Pipeline:
+    """The unrun pipeline for ``config`` (see the module docstring for the plan)."""
+    p = beam.Pipeline(options=options)
+    out = config.out.rstrip("/")
+
+    decoded = p | "ReadLanding" >> ReadLanding(config.lake) | "DecodeBatches" >> DecodeBatches()
+    records = (
+        decoded.main
+        | "KeepPeriod" >> KeepPeriod(config.from_day, config.to_day)
+        | "DedupeRecords" >> DedupeRecords()
+    )
+    _ = records | "WriteRawArchive" >> WriteRawArchive(config.lake)
+
+    hours = records | "DeviceHourlyRollups" >> DeviceHourlyRollups()
+    days = hours | "CustomerDailyUsage" >> CustomerDailyUsage()
+    fleet = days | "FleetContext" >> FleetContextFrom()
+    scored = days | "ScoreAccounts" >> ScoreAccounts(config.accounts, config.model, score_account, fleet)
+
+    _ = (
+        scored.signals
+        | "SignalRows" >> beam.Map(outputs.signal_row)
+        | "WriteSignals" >> WriteParquet(f"{out}/signals", outputs.SIGNAL_SCHEMA)
+    )
+    _ = (
+        hours
+        | "DeviceHourRows" >> beam.Map(outputs.device_hour_row)
+        | "WriteDeviceHours" >> WriteParquet(f"{out}/device_hourly", outputs.DEVICE_HOUR_SCHEMA)
+    )
+    _ = (
+        scored.alerts
+        | "AlertJson" >> beam.Map(outputs.alert_json)
+        | "WriteAlerts" >> WriteJsonLines(f"{out}/alerts.jsonl")
+    )
+
+    dead: list[Any] = [decoded[DEAD_LETTERS]]
+    if config.influx is not None:
+        points = (
+            hours | "DevicePoints" >> beam.Map(device_hour_point),
+            scored.signals | "CustomerPoints" >> beam.Map(customer_day_point),
+        ) | "AllPoints" >> beam.Flatten()
+        dead.append(points | "WriteInflux" >> WriteToInflux(config.influx))
+    _ = (
+        tuple(dead)
+        | "AllDeadLetters" >> beam.Flatten()
+        | "DeadLetterJson" >> beam.Map(outputs.dead_letter_json)
+        | "WriteDeadLetters" >> WriteJsonLines(f"{out}/dead_letters.jsonl")
+    )
+    return p

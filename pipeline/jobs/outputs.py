@@ -1,0 +1,142 @@
+"""What the batch job writes, and how to read it back.
+
+    <out>/signals/part-*.parquet        one row per customer and day (DailySignal)
+    <out>/device_hourly/part-*.parquet  one row per device and hour (DeviceHour)
+    <out>/alerts.jsonl                  alerts raised, one JSON object per line
+    <out>/dead_letters.jsonl            records and messages refused, with reasons
+
+Rows are flat Parquet columns (components as a list of structs), so CS Ops can
+query them with any Parquet tool; :func:`read_signals` turns them back into
+:class:`~fleetpulse.pipeline.model.DailySignal` for the reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fleetpulse.pipeline.model import Alert, Component, DailySignal, DeviceHour
+
+COMPONENT = pa.struct(
+    [
+        ("name", pa.string()),
+        ("value", pa.float64()),
+        ("score", pa.float64()),
+        ("weight", pa.float64()),
+        ("contribution", pa.float64()),
+        ("detail", pa.string()),
+    ]
+)
+
+SIGNAL_SCHEMA = pa.schema(
+    [
+        ("customer_id", pa.string()),
+        ("day", pa.string()),
+        ("segment", pa.string()),
+        ("csm_owner", pa.string()),
+        ("entitled_devices", pa.int64()),
+        ("known_devices", pa.int64()),
+        ("active_devices", pa.int64()),
+        ("adoption", pa.float64()),
+        ("usage_per_active_device", pa.float64()),
+        ("feature_breadth", pa.float64()),
+        ("error_rate", pa.float64()),
+        ("firmware_currency", pa.float64()),
+        ("coverage", pa.float64()),
+        ("low_coverage", pa.bool_()),
+        ("health", pa.float64()),
+        ("band", pa.string()),
+        ("previous_health", pa.float64()),
+        ("trend_delta", pa.float64()),
+        ("trend", pa.string()),
+        ("stage", pa.string()),
+        ("driver", pa.string()),
+        ("components", pa.list_(COMPONENT)),
+    ]
+)
+
+DEVICE_HOUR_SCHEMA = pa.schema(
+    [
+        ("customer_id", pa.string()),
+        ("site_id", pa.string()),
+        ("gateway_id", pa.string()),
+        ("device_id", pa.string()),
+        ("hour_ms", pa.int64()),
+        ("records", pa.int64()),
+        ("heartbeats", pa.int64()),
+        ("expected_heartbeats", pa.float64()),
+        ("usage_records", pa.int64()),
+        ("feature_uses", pa.int64()),
+        ("errors", pa.int64()),
+        ("critical_errors", pa.int64()),
+        ("usage", pa.map_(pa.string(), pa.float64())),
+        ("features", pa.map_(pa.string(), pa.int64())),
+        ("error_fw", pa.map_(pa.string(), pa.int64())),
+        ("fw", pa.string()),
+        ("last_ts_ms", pa.int64()),
+    ]
+)
+
+
+def signal_row(signal: DailySignal) -> dict[str, Any]:
+    row = dataclasses.asdict(signal)
+    row["components"] = [dataclasses.asdict(c) for c in signal.components]
+    return row
+
+
+def signal_from_row(row: dict[str, Any]) -> DailySignal:
+    values = dict(row)
+    values["components"] = tuple(Component(**c) for c in row["components"] or ())
+    return DailySignal(**values)
+
+
+def device_hour_row(hour: DeviceHour) -> dict[str, Any]:
+    row = dataclasses.asdict(hour)
+    for key in ("usage", "features", "error_fw"):
+        row[key] = sorted(row[key].items())
+    return row
+
+
+def alert_json(alert: Alert) -> str:
+    return json.dumps(dataclasses.asdict(alert), sort_keys=True, ensure_ascii=False)
+
+
+def alert_from_json(line: str) -> Alert:
+    return Alert(**json.loads(line))
+
+
+def read_signals(out: str | Path) -> list[DailySignal]:
+    """Every signal row under ``<out>/signals``, sorted by customer and day."""
+    folder = Path(out) / "signals"
+    files = sorted(folder.glob("part-*.parquet"))
+    if not files:
+        return []
+    table = pa.concat_tables(pq.read_table(f, schema=SIGNAL_SCHEMA) for f in files)
+    signals = [signal_from_row(r) for r in table.to_pylist()]
+    return sorted(signals, key=lambda s: (s.customer_id, s.day))
+
+
+def read_alerts(out: str | Path) -> list[Alert]:
+    path = Path(out) / "alerts.jsonl"
+    if not path.exists():
+        return []
+    alerts = [alert_from_json(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+    return sorted(alerts, key=lambda a: (a.day, a.customer_id, a.kind))
+
+
+def latest_per_customer(signals: list[DailySignal]) -> list[DailySignal]:
+    latest: dict[str, DailySignal] = {}
+    for signal in signals:
+        if signal.customer_id not in latest or signal.day > latest[signal.customer_id].day:
+            latest[signal.customer_id] = signal
+    return list(latest.values())
+
+
+def dead_letter_json(row: dict[str, Any]) -> str:
+    """A dead-letter row as one JSON line (non-JSON values such as bytes as their repr)."""
+    return json.dumps(row, sort_keys=True, ensure_ascii=False, default=repr)

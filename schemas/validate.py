@@ -183,6 +183,11 @@ class Validator:
                 continue
             if spec.name not in obj:
                 raise InvalidTelemetry("missing_field", f"record has no {spec.name}")
+            if spec.name == "kind" and obj["kind"] not in self.contract.kinds:
+                raise InvalidTelemetry(
+                    "unknown_kind",
+                    f"kind={_short(obj['kind'])} is not one of {sorted(self.contract.kinds)}",
+                )
             out[spec.name] = self._field(spec, obj[spec.name])
         if out["seq"] > self._limits.max_seq or out["boot"] > self._limits.max_boot:
             raise InvalidTelemetry("out_of_range", f"boot={out['boot']} seq={out['seq']} too large")

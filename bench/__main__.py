@@ -1,0 +1,37 @@
+"""``python -m bench [--quick] [NAME ...]``: run the benchmarks and print their ratios.
+
+Exit status 1 if a benchmark with a target ratio misses it. Record the figures
+and the command in docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+import sys
+
+BENCHMARKS = {
+    "validation": "bench.bench_validation",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
+    parser.add_argument("--quick", action="store_true", help="small data, for a smoke run")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.names) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]!r}; known: {', '.join(BENCHMARKS)}")
+    print(f"# python {platform.python_version()} on {platform.machine()}, {platform.node()}")
+    failed = False
+    for name in args.names or list(BENCHMARKS):
+        for comparison in importlib.import_module(BENCHMARKS[name]).run(quick=args.quick):
+            print(comparison.line(), flush=True)
+            failed |= not comparison.ok
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

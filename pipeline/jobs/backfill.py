@@ -29,11 +29,17 @@ from fleetpulse.pipeline.health.config import HealthModel
 from fleetpulse.pipeline.health.score import score_account
 from fleetpulse.pipeline.lake.archive import ReadLanding, WriteRawArchive
 from fleetpulse.pipeline.sinks.influx import InfluxConfig
-from fleetpulse.pipeline.transforms.decode import DEAD_LETTERS, DecodeBatches
-from fleetpulse.pipeline.transforms.dedupe import DedupeRecords
-from fleetpulse.pipeline.transforms.fleet import FleetContextFrom
-from fleetpulse.pipeline.transforms.rollups import CustomerDailyUsage, DeviceHourlyRollups
-from fleetpulse.pipeline.transforms.score import ScoreAccounts
+from fleetpulse.pipeline.transforms import (
+    ALERTS,
+    DEAD_LETTERS,
+    SIGNALS,
+    CustomerDailyUsage,
+    DecodeBatches,
+    DedupeRecords,
+    DeviceHourlyRollups,
+    FleetContextFrom,
+    ScoreAccounts,
+)
 
 from . import outputs
 from .points import customer_day_point, device_hour_point
@@ -92,10 +98,13 @@ def build_pipeline(options: PipelineOptions, config: JobConfig) -> beam.Pipeline
     hours = records | "DeviceHourlyRollups" >> DeviceHourlyRollups()
     days = hours | "CustomerDailyUsage" >> CustomerDailyUsage()
     fleet = days | "FleetContext" >> FleetContextFrom()
-    scored = days | "ScoreAccounts" >> ScoreAccounts(config.accounts, config.model, score_account, fleet)
+    scored = days | "ScoreAccounts" >> ScoreAccounts(
+        config.accounts, config.model, score_account, fleet=fleet
+    )
+    signals, alerts = scored[SIGNALS], scored[ALERTS]
 
     _ = (
-        scored.signals
+        signals
         | "SignalRows" >> beam.Map(outputs.signal_row)
         | "WriteSignals" >> WriteParquet(f"{out}/signals", outputs.SIGNAL_SCHEMA)
     )
@@ -105,7 +114,7 @@ def build_pipeline(options: PipelineOptions, config: JobConfig) -> beam.Pipeline
         | "WriteDeviceHours" >> WriteParquet(f"{out}/device_hourly", outputs.DEVICE_HOUR_SCHEMA)
     )
     _ = (
-        scored.alerts
+        alerts
         | "AlertJson" >> beam.Map(outputs.alert_json)
         | "WriteAlerts" >> WriteJsonLines(f"{out}/alerts.jsonl")
     )
@@ -114,7 +123,7 @@ def build_pipeline(options: PipelineOptions, config: JobConfig) -> beam.Pipeline
     if config.influx is not None:
         points = (
             hours | "DevicePoints" >> beam.Map(device_hour_point),
-            scored.signals | "CustomerPoints" >> beam.Map(customer_day_point),
+            signals | "CustomerPoints" >> beam.Map(customer_day_point),
         ) | "AllPoints" >> beam.Flatten()
         dead.append(points | "WriteInflux" >> WriteToInflux(config.influx))
     _ = (

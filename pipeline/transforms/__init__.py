@@ -1,0 +1,41 @@
+"""The pipeline's composite transforms, shared by the batch and the streaming job.
+
+    landing rows ─DecodeBatches─▶ lake rows (+ dead_letters)
+                 ─DedupeRecords─▶ lake rows, one per (device_id, boot, seq)
+                 ─DeviceHourlyRollups─▶ DeviceHour
+                 ─CustomerDailyUsage─▶ CustomerDay ─FleetContextFrom─▶ fleet context
+                 ─ScoreAccounts(accounts, model, score_fn)─▶ signals, alerts
+
+The lake's columns are derived once, in :mod:`.rows` (``lake_fields`` /
+``lake_columns``), from the telemetry contract.
+"""
+
+from .decode import DEAD_LETTERS, DecodeBatches
+from .dedupe import DedupeRecords
+from .fleet import FleetContextFrom, firmware_key
+from .rollups import (
+    CustomerDailyUsage,
+    DeviceHourlyRollups,
+    WindowByEventTime,
+    WithEventTime,
+)
+from .rows import lake_columns, lake_fields, lake_row
+from .score import ALERTS, SIGNALS, ScoreAccounts
+
+__all__ = [
+    "ALERTS",
+    "DEAD_LETTERS",
+    "SIGNALS",
+    "CustomerDailyUsage",
+    "DecodeBatches",
+    "DedupeRecords",
+    "DeviceHourlyRollups",
+    "FleetContextFrom",
+    "ScoreAccounts",
+    "WindowByEventTime",
+    "WithEventTime",
+    "firmware_key",
+    "lake_columns",
+    "lake_fields",
+    "lake_row",
+]

@@ -1,0 +1,135 @@
+"""ScoreAccounts: every account of the registry, with its telemetry history, scored.
+
+The join starts from the accounts registry, not from the telemetry: an
+account with no telemetry at all is still scored (no data is not no
+customer — a customer who never switched anything on is the most at risk).
+Telemetry of a customer missing from the registry is scored too, with
+``account=None``, so the scorer can report it instead of it vanishing.
+
+The scoring itself is injected: ``score_fn(account_or_None, days, model,
+fleet, customer_id) -> (signals, alerts)`` where ``days`` is the customer's
+CustomerDay history sorted by day (one per day) and ``fleet`` the fleet
+context side input (:class:`~.fleet.FleetContextFrom`). The pipeline passes
+``fleetpulse.pipeline.health.score.score_account``; tests pass a fake.
+
+The calendar to score comes from the fleet context (its ``first_day`` ..
+``last_day``); when no customer sent any telemetry at all there is no calendar,
+and nothing is scored (counted as ``skipped_no_fleet_telemetry`` per customer).
+
+Counters (namespace :data:`METRICS_NAMESPACE`): ``received`` customers joined,
+``sent`` signals + alerts, ``accounts_without_telemetry``,
+``telemetry_without_account``, ``skipped_no_fleet_telemetry``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
+
+from fleetpulse.pipeline.accounts import Account
+from fleetpulse.pipeline.model import Alert, CustomerDay, DailySignal
+
+from .fleet import FleetContextFrom
+from .rollups import customer_day_size
+
+METRICS_NAMESPACE = "fleetpulse.pipeline.score"
+SIGNALS = "signals"
+ALERTS = "alerts"
+
+ScoreFn = Callable[
+    [Account | None, list[CustomerDay], Any, Any, str],
+    tuple[list[DailySignal], list[Alert]],
+]
+
+
+def one_per_day(days: Any) -> list[CustomerDay]:
+    """A customer's days sorted by day; of several restatements of a day, the largest."""
+    chosen: dict[str, CustomerDay] = {}
+    for day in days:
+        seen = chosen.get(day.day)
+        if seen is None or customer_day_size(day) > customer_day_size(seen):
+            chosen[day.day] = day
+    return [chosen[d] for d in sorted(chosen)]
+
+
+def _has_calendar(fleet: Any) -> bool:
+    first = fleet.get("first_day") if isinstance(fleet, Mapping) else getattr(fleet, "first_day", None)
+    return first is not None
+
+
+class _ScoreFn(beam.DoFn):
+    def __init__(self, model: Any, score_fn: ScoreFn) -> None:
+        self._model = model
+        self._score_fn = score_fn
+        self._received = Metrics.counter(METRICS_NAMESPACE, "received")
+        self._sent = Metrics.counter(METRICS_NAMESPACE, "sent")
+        self._no_telemetry = Metrics.counter(METRICS_NAMESPACE, "accounts_without_telemetry")
+        self._no_account = Metrics.counter(METRICS_NAMESPACE, "telemetry_without_account")
+        self._skipped = Metrics.counter(METRICS_NAMESPACE, "skipped_no_fleet_telemetry")
+
+    def process(self, joined: tuple[str, Mapping[str, Any]], fleet: Any) -> Any:
+        customer_id, groups = joined
+        self._received.inc()
+        accounts = list(groups["account"])
+        account = accounts[0] if accounts else None
+        days = one_per_day(groups["days"])
+        if account is None:
+            self._no_account.inc()
+        elif not days:
+            self._no_telemetry.inc()
+        if not _has_calendar(fleet):
+            # No telemetry from any customer: no day to score (see the module docstring).
+            self._skipped.inc()
+            return
+        signals, alerts = self._score_fn(account, days, self._model, fleet, customer_id)
+        self._sent.inc(len(signals) + len(alerts))
+        for signal in signals:
+            yield pvalue.TaggedOutput(SIGNALS, signal)
+        for alert in alerts:
+            yield pvalue.TaggedOutput(ALERTS, alert)
+
+
+class ScoreAccounts(beam.PTransform):
+    """CustomerDay → tagged ``signals`` (DailySignal) and ``alerts`` (Alert).
+
+    ``fleet`` is a PCollection holding one fleet context (the output of
+    :class:`~.fleet.FleetContextFrom`); when omitted it is derived from the
+    input with FleetContextFrom's defaults.
+    """
+
+    def __init__(
+        self,
+        accounts: Mapping[str, Account],
+        model: Any,
+        score_fn: ScoreFn,
+        *,
+        fleet: beam.PCollection | None = None,
+        label: str | None = None,
+    ) -> None:
+        super().__init__(label)
+        self._accounts = dict(accounts)
+        self._model = model
+        self._score_fn = score_fn
+        self._fleet = fleet
+
+    def expand(self, days: beam.PCollection) -> pvalue.DoOutputsTuple:
+        fleet = self._fleet if self._fleet is not None else days | "Fleet" >> FleetContextFrom()
+        accounts = days.pipeline | "Registry" >> beam.Create(sorted(self._accounts.items()))
+        history = (
+            days
+            # A customer is judged on its whole history, not one window of it.
+            | "AllHistory" >> beam.WindowInto(GlobalWindows())
+            | "KeyByCustomer" >> beam.Map(lambda day: (day.customer_id, day))
+        )
+        return (
+            {"account": accounts, "days": history}
+            | "Join" >> beam.CoGroupByKey()
+            | "Score"
+            >> beam.ParDo(_ScoreFn(self._model, self._score_fn), pvalue.AsSingleton(fleet))
+            .with_outputs(SIGNALS, ALERTS)
+        )

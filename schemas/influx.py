@@ -16,7 +16,7 @@ import numbers
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -111,9 +111,7 @@ class MeasurementSpec:
         default_factory=dict, repr=False, compare=False
     )
 
-    @property
-    def required_fields(self) -> tuple[str, ...]:
-        return tuple(name for name, spec in self.fields.items() if spec.required)
+    required_fields: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     def field_spec(self, key: str) -> InfluxFieldSpec | None:
         """The spec of field ``key``: exact names first, then the patterns; None if unknown."""
@@ -136,7 +134,8 @@ class MeasurementSpec:
             spec = self.tags.get(key)
             if spec is None:
                 raise DesignViolation(
-                    "unknown_tag", f"{self.name} has no tag {_short(key)}; tags: {sorted(self.tags)}"
+                    "unknown_tag",
+                    f"{self.name} has no tag {_short(key)}; tags: {sorted(self.tags)}",
                 )
             if value is None or value == "":
                 continue
@@ -170,26 +169,31 @@ class MeasurementSpec:
         computed (a first day has no trend) is left out instead of written as 0.
         """
         out: dict[str, int | float | bool | str] = {}
+        fixed = self.fields
         for key, value in fields.items():
             if value is None:
                 continue
-            if not isinstance(key, str):
-                raise DesignViolation("unknown_field", f"{self.name} field key {_short(key)}")
-            spec = self.field_spec(key)
+            spec = fixed.get(key)
+            if spec is None and isinstance(key, str):
+                spec = self.field_spec(key)
             if spec is None:
                 raise DesignViolation(
                     "unknown_field", f"{self.name} has no field {_short(key)} (see INFLUX_V1.md)"
                 )
             out[key] = self._typed(key, spec, value)
-        for key in self.required_fields:
-            if key not in out:
-                raise DesignViolation("missing_field", f"{self.name} point has no {key} field")
+        if not self.required_fields <= out.keys():
+            missing = sorted(self.required_fields - out.keys())
+            raise DesignViolation("missing_field", f"{self.name} point has no {', '.join(missing)}")
         return out
 
     def _typed(self, key: str, spec: InfluxFieldSpec, value: Any) -> int | float | bool | str:
         kind = spec.type
         number: int | float
-        if kind == "int":
+        cls = type(value)
+        # Exact-type fast paths first: the ABC checks below are slow and this runs per field.
+        if kind == "int" and cls is int or kind == "float" and cls is float:
+            number = value
+        elif kind == "int":
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise DesignViolation(
                     "wrong_type", f"{self.name}.{key} is an int field, got {_short(value)}"
@@ -216,7 +220,8 @@ class MeasurementSpec:
                 )
             if spec.values and value not in spec.values:
                 raise DesignViolation(
-                    "bad_enum", f"{self.name}.{key}={_short(value)} is not one of {list(spec.values)}"
+                    "bad_enum",
+                    f"{self.name}.{key}={_short(value)} is not one of {list(spec.values)}",
                 )
             if spec.max_length is not None and len(value) > spec.max_length:
                 raise DesignViolation(
@@ -285,7 +290,7 @@ def _field_spec(name: str, raw: Mapping[str, Any]) -> InfluxFieldSpec:
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_influx_design(version: int = 1) -> InfluxDesign:
     """Load design ``version`` from the packaged JSON definition."""
     if version not in SUPPORTED_VERSIONS:
@@ -326,5 +331,8 @@ def load_influx_design(version: int = 1) -> InfluxDesign:
             patterns=tuple(patterns),
             identifier_re=identifier_re,
             identifier_max_length=contract.limits.identifier_max_length,
+            required_fields=frozenset(key for key, spec in fields.items() if spec.required),
         )
-    return InfluxDesign(version=raw["version"], precision=raw["precision"], measurements=measurements)
+    return InfluxDesign(
+        version=raw["version"], precision=raw["precision"], measurements=measurements
+    )

@@ -50,6 +50,22 @@ def test_segment_override_replaces_only_the_named_weights(tmp_path: Path) -> Non
     assert model.weights_for("unknown") == {"adoption": 2, "reliability": 1}
 
 
+def test_stage_profile_wins_over_the_segment_profile(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        "segments:\n  smb:\n    weights: {adoption: 0.5}\n"
+        "stages:\n  onboarding:\n    weights: {adoption: 3}\n"
+    )
+    model = load_health_model(write(tmp_path, text))
+    assert model.weights_for("smb", "onboarding") == {"adoption": 3, "reliability": 1}
+    assert model.weights_for("smb", "mature") == {"adoption": 0.5, "reliability": 1}
+    assert model.weights_for("enterprise") == {"adoption": 2, "reliability": 1}
+
+
+def test_packaged_default_weighs_adoption_up_during_onboarding() -> None:
+    model = load_health_model(None)
+    assert model.weights_for("smb", "onboarding")["adoption"] > model.weights_for("smb")["adoption"]
+
+
 def test_minimal_file_takes_defaults_for_everything_else(tmp_path: Path) -> None:
     model = load_health_model(write(tmp_path, MINIMAL))
     assert [c.name for c in model.components] == ["adoption", "reliability"]

@@ -93,6 +93,17 @@ def test_hourly_rollups_on_event_time_feed_the_daily_usage() -> None:
     assert_that(hours, equal_to([D1_H0, D1_H1, D2_H0]), label="device hours")
     assert_that(hours | "Day" >> CustomerDailyUsage(), equal_to([C1_DAY]), label="customer day")
 
+    # The batch window mode (global window, window start in the key) gives the same rows.
+    batch_hours = pipeline | "Rows again" >> beam.Create(ROWS) | "Batch hours" >> DeviceHourlyRollups(
+        window_mode="batch"
+    )
+    assert_that(batch_hours, equal_to([D1_H0, D1_H1, D2_H0]), label="batch device hours")
+    assert_that(
+        batch_hours | "Batch day" >> CustomerDailyUsage(window_mode="batch"),
+        equal_to([C1_DAY]),
+        label="batch customer day",
+    )
+
     # Handwritten hours: two customers, a UTC day boundary, a device that changes
     # its heartbeat interval, and an hour restated by a late pane (5 records, then 6).
     literal = [

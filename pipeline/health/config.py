@@ -32,6 +32,9 @@ COMPONENTS = ("adoption", "engagement", "breadth", "reliability", "firmware", "n
 HOLDABLE = ("adoption", "engagement", "breadth")
 #: Segment of telemetry whose customer is missing from the CRM export.
 UNKNOWN_SEGMENT = "unknown"
+#: Lifecycle stages known before the score (from contract dates and adoption),
+#: so they can carry their own weights without a circular definition.
+PROFILE_STAGES = ("onboarding", "renewal_window", "churned")
 BANDS = ("green", "yellow", "red")
 DEFAULT_MODEL = "default_health.yaml"
 
@@ -130,14 +133,21 @@ class HealthModel:
     components: tuple[ComponentSpec, ...]
     #: segment -> component -> weight, overriding the component's own weight
     segment_weights: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: lifecycle stage -> component -> weight, applied on top of the segment's weights
+    stage_weights: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     lifecycle: Lifecycle = Lifecycle()
     coverage: CoveragePolicy = CoveragePolicy()
     alerts: AlertPolicy = AlertPolicy()
 
-    def weights_for(self, segment: str) -> dict[str, float]:
-        """The configured (not yet normalised) weight of each component for a segment."""
-        override = self.segment_weights.get(segment, {})
-        return {c.name: override.get(c.name, c.weight) for c in self.components}
+    def weights_for(self, segment: str, stage: str | None = None) -> dict[str, float]:
+        """The configured (not yet normalised) weight of each component for a segment and stage.
+
+        The stage profile wins over the segment profile, which wins over the
+        component's own weight.
+        """
+        seg = self.segment_weights.get(segment, {})
+        stg = self.stage_weights.get(stage, {}) if stage else {}
+        return {c.name: stg.get(c.name, seg.get(c.name, c.weight)) for c in self.components}
 
     def component(self, name: str) -> ComponentSpec | None:
         return next((c for c in self.components if c.name == name), None)
@@ -223,7 +233,7 @@ class _Parser:
         top = self.mapping(data, "", (
             "version", "usage_quantity", "window_days", "trend_days", "flat_within_points",
             "baseline_days", "baseline_min_days", "bands", "components", "segments",
-            "lifecycle", "coverage", "alerts",
+            "stages", "lifecycle", "coverage", "alerts",
         ), required=("components",))
         if top.get("version", 1) != 1:
             raise self.error("version", f"version {top['version']!r} is not supported", "use version: 1")
@@ -248,7 +258,8 @@ class _Parser:
             baseline_min_days=baseline_min,
             bands=self.bands(top.get("bands", {})),
             components=components,
-            segment_weights=self.segments(top.get("segments", {}), components),
+            segment_weights=self.profiles("segments", (*SEGMENTS, UNKNOWN_SEGMENT), top.get("segments", {}), components),
+            stage_weights=self.profiles("stages", PROFILE_STAGES, top.get("stages", {}), components),
             lifecycle=self.lifecycle(top.get("lifecycle", {})),
             coverage=self.coverage(top.get("coverage", {})),
             alerts=self.alerts(top.get("alerts", {})),
@@ -313,20 +324,21 @@ class _Parser:
             ))
         return tuple(rows)
 
-    def segments(self, value: Any, components: tuple[ComponentSpec, ...]) -> dict[str, dict[str, float]]:
-        names = (*SEGMENTS, UNKNOWN_SEGMENT)
-        table = self.mapping(value, "segments", names)
+    def profiles(self, section: str, names: tuple[str, ...], value: Any,
+                 components: tuple[ComponentSpec, ...]) -> dict[str, dict[str, float]]:
+        """Weight overrides per segment or per stage: ``{name: {weights: {component: w}}}``."""
+        table = self.mapping(value, section, names)
         configured = tuple(c.name for c in components)
         out: dict[str, dict[str, float]] = {}
         for segment, raw in table.items():
-            key = f"segments.{segment}"
+            key = f"{section}.{segment}"
             body = self.mapping(raw, key, ("weights",), required=("weights",))
             weights = self.mapping(body["weights"], f"{key}.weights", configured)
             parsed = {n: self.number(w, f"{key}.weights.{n}", 0) for n, w in weights.items()}
             total = sum(parsed.get(c.name, c.weight) for c in components)
             if total <= 0:
-                raise self.error(f"{key}.weights", "the segment's weights sum to 0",
-                                 "give at least one component a weight > 0 for this segment")
+                raise self.error(f"{key}.weights", "the weights sum to 0",
+                                 f"give at least one component a weight > 0 in {key}")
             out[segment] = parsed
         return out
 

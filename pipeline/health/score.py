@@ -55,10 +55,11 @@ Rules a CSM or CS Ops reader may need (the YAML names the numbers):
   baseline's (needs ``usage_drop_min_days`` trustworthy days in the window and
   ``baseline_min_days`` in the baseline; critical when the band is red). On
   low-coverage days both are suppressed and their state frozen (a drop that
-  began before an outage is not raised again after it); instead
-  ``gateway_offline`` is raised when gateways seen in the last
-  ``known_device_days`` sent nothing today (again when another one goes silent;
-  critical when coverage is 0).
+  began before an outage is not raised again after it). A day is low coverage
+  when heartbeats fall below ``low_coverage_below`` of those expected, or when
+  a gateway seen in the last ``known_device_days`` sent nothing at all that day
+  (its devices are unknown, not idle); then ``gateway_offline`` is raised
+  (again when another one goes silent; critical when coverage is 0).
 """
 
 from __future__ import annotations
@@ -113,6 +114,14 @@ class _Usage:
     days: int  # trustworthy days of the window
     total: float
     active: frozenset[str]
+
+
+def signal_value_of(measures: dict[str, _Measure], name: str) -> float | None:
+    """The value a measure reports as a signal (its own signal value, else its score input)."""
+    m = measures.get(name)
+    if m is None or m.value is None:
+        return None
+    return round(m.signal if m.signal is not None else m.value, 4)
 
 
 def score_account(
@@ -365,7 +374,11 @@ class _Scorer:
         day = max(self.begin, emit_from - timedelta(days=model.warmup_days))
         while day <= last:
             coverage, known = self.coverage(day)
-            low = coverage < model.coverage.low_coverage_below
+            # A gateway that sent nothing all day hides its devices entirely: no
+            # data is not no usage, so the day is low coverage even when the
+            # other gateways keep the customer's share of heartbeats high.
+            silent = self.silent_gateways(day)
+            low = coverage < model.coverage.low_coverage_below or bool(silent)
             measures: dict[str, _Measure] = {}
             for spec in model.components:
                 measure = measurers[spec.name](day)
@@ -387,7 +400,6 @@ class _Scorer:
                     if now_dropping and not dropping:
                         raised.append(self.drop_alert(signal, *drop))
                     dropping = now_dropping
-            silent = self.silent_gateways(day) if low else {}
             if silent and set(silent) - silent_alerted:
                 raised.append(self.offline_alert(signal, silent, set(silent) - silent_alerted))
             silent_alerted = frozenset(silent)
@@ -417,7 +429,10 @@ class _Scorer:
     def signal(self, day: date, measures: dict[str, _Measure], coverage: float, known: frozenset[str],
                low: bool, health_by_day: dict[date, float]) -> DailySignal:
         model = self.model
-        weights = model.weights_for(self.segment)
+        # Contract-date stages (onboarding, renewal window, churned) are known
+        # before the score, so they may weigh the components differently:
+        # during onboarding, rolling devices out is what matters most.
+        weights = model.weights_for(self.segment, self.stage(day, None, signal_value_of(measures, "adoption")))
         total = sum(weights[n] for n, m in measures.items() if m.value is not None)
         components: list[Component] = []
         health = 0.0
@@ -448,10 +463,7 @@ class _Scorer:
         else:
             trend = "up" if delta > 0 else "down"
         def signal_value(name: str) -> float | None:
-            m = measures.get(name)
-            if m is None or m.value is None:
-                return None
-            return round(m.signal if m.signal is not None else m.value, 4)
+            return signal_value_of(measures, name)
 
         adoption = signal_value("adoption")
         active = {dev for row in self.rows(self.window(day, model.window_days)) for dev in row.active_devices}
@@ -481,7 +493,7 @@ class _Scorer:
             components=tuple(components),
         )
 
-    def stage(self, day: date, band: str, adoption: float | None) -> str:
+    def stage(self, day: date, band: str | None, adoption: float | None) -> str:
         life = self.model.lifecycle
         below_ttv = adoption is not None and adoption < life.ttv_active_share
         if self.account is not None:

@@ -95,8 +95,10 @@ def build_pipeline(options: PipelineOptions, config: JobConfig) -> beam.Pipeline
     )
     _ = records | "WriteRawArchive" >> WriteRawArchive(config.lake)
 
-    hours = records | "DeviceHourlyRollups" >> DeviceHourlyRollups()
-    days = hours | "CustomerDailyUsage" >> CustomerDailyUsage()
+    # Batch: one pane per group, the window start carried in the key (the
+    # streaming job passes event-time windows and its trigger instead).
+    hours = records | "DeviceHourlyRollups" >> DeviceHourlyRollups(window_mode="batch")
+    days = hours | "CustomerDailyUsage" >> CustomerDailyUsage(window_mode="batch")
     fleet = days | "FleetContext" >> FleetContextFrom()
     scored = days | "ScoreAccounts" >> ScoreAccounts(
         config.accounts, config.model, score_account, fleet=fleet

@@ -105,18 +105,22 @@ class DedupeRecords(beam.PTransform):
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         windowing = rows.windowing
-        return (
-            rows
+        if not windowing.is_default():
             # Same windows, trigger and lateness as the input; only the output
             # timestamp of the grouping changes (see the module docstring).
-            | "KeepEventTime"
-            >> beam.WindowInto(
+            # In the default global window (batch) timestamps do not decide
+            # anything downstream, and keeping the windowing default lets the
+            # runner use its fast batch grouping instead of the general
+            # trigger machinery (about 10x slower per element).
+            rows = rows | "KeepEventTime" >> beam.WindowInto(
                 windowing.windowfn,
                 trigger=windowing.triggerfn,
                 accumulation_mode=windowing.accumulation_mode,
                 timestamp_combiner=TimestampCombiner.OUTPUT_AT_EARLIEST,
                 allowed_lateness=windowing.allowed_lateness,
             )
+        return (
+            rows
             | "KeyByRecord" >> beam.ParDo(_CountReceivedFn())
             | "PickSurvivor" >> beam.CombinePerKey(PickSurvivorFn())
             | "Emit" >> beam.ParDo(_EmitSurvivorFn())

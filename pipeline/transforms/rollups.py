@@ -48,11 +48,6 @@ def event_timestamp(ts_ms: int) -> Timestamp:
     return Timestamp(micros=ts_ms * 1000)
 
 
-def window_start_ms(window: Any) -> int:
-    """The start of an interval window in epoch milliseconds."""
-    return int(window.start.micros // 1000)
-
-
 def utc_day(epoch_ms: int) -> str:
     """The ISO UTC date of an epoch-millisecond instant."""
     return datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc).date().isoformat()
@@ -71,6 +66,18 @@ class WithEventTime(beam.PTransform):
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         return rows | "StampTsMs" >> beam.Map(_stamp_row)
+
+
+#: How the rollups group by time. ``event_time``: fixed event-time windows that
+#: fire on the watermark (streaming; late data restates a window). ``batch``:
+#: the global window, the window start carried in the key — the same groups and
+#: numbers, but the runner's fast batch grouping instead of the general trigger
+#: machinery. Both key by the window start, so the output is identical.
+WINDOW_MODES = ("event_time", "batch")
+
+
+def _floor(epoch_ms: int, size_s: int) -> int:
+    return epoch_ms - epoch_ms % (size_s * 1000)
 
 
 class WindowByEventTime(beam.PTransform):
@@ -214,32 +221,40 @@ def device_hour(key: tuple[str, str, str, str], hour_ms: int, acc: HourAccumulat
     )
 
 
-def _device_key(row: dict[str, Any]) -> tuple[tuple[str, str, str, str], dict[str, Any]]:
-    return ((row["customer_id"], row["site_id"], row["gateway_id"], row["device_id"]), row)
+def _device_hour_key(row: dict[str, Any]) -> tuple[tuple[str, str, str, str, int], dict[str, Any]]:
+    return (
+        (row["customer_id"], row["site_id"], row["gateway_id"], row["device_id"], _floor(row["ts_ms"], HOUR_S)),
+        row,
+    )
 
 
 class _EmitDeviceHourFn(beam.DoFn):
-    def process(self, keyed: Any, window: Any = beam.DoFn.WindowParam) -> Any:
-        key, acc = keyed
-        yield device_hour(key, window_start_ms(window), acc)
+    def process(self, keyed: Any) -> Any:
+        (customer_id, site_id, gateway_id, device_id, hour_ms), acc = keyed
+        yield device_hour((customer_id, site_id, gateway_id, device_id), hour_ms, acc)
 
 
 class DeviceHourlyRollups(beam.PTransform):
     """Lake rows → one :class:`DeviceHour` per device per event-time hour.
 
-    ``allowed_lateness_s``/``trigger``/``accumulation_mode`` are the window
-    policy (see :class:`WindowByEventTime`); the defaults suit batch.
+    ``window_mode`` (see :data:`WINDOW_MODES`) and ``allowed_lateness_s`` /
+    ``trigger`` / ``accumulation_mode`` are the window policy (see
+    :class:`WindowByEventTime`); a batch job passes ``window_mode="batch"``.
     """
 
     def __init__(
         self,
         *,
+        window_mode: str = "event_time",
         allowed_lateness_s: int = 0,
         trigger: TriggerFn | None = None,
         accumulation_mode: Any = None,
         label: str | None = None,
     ) -> None:
         super().__init__(label)
+        if window_mode not in WINDOW_MODES:
+            raise ValueError(f"window_mode {window_mode!r} is not one of {WINDOW_MODES}")
+        self._mode = window_mode
         self._window = dict(
             allowed_lateness_s=allowed_lateness_s,
             trigger=trigger,
@@ -247,11 +262,15 @@ class DeviceHourlyRollups(beam.PTransform):
         )
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        if self._mode == "event_time":
+            rows = (
+                rows
+                | "EventTime" >> WithEventTime()
+                | "Hourly" >> WindowByEventTime(HOUR_S, **self._window)
+            )
         return (
             rows
-            | "EventTime" >> WithEventTime()
-            | "Hourly" >> WindowByEventTime(HOUR_S, **self._window)
-            | "KeyByDevice" >> beam.Map(_device_key)
+            | "KeyByDeviceHour" >> beam.Map(_device_hour_key)
             | "Combine" >> beam.CombinePerKey(DeviceHourFn())
             | "ToDeviceHour" >> beam.ParDo(_EmitDeviceHourFn())
         )
@@ -369,9 +388,9 @@ def customer_day_size(day: CustomerDay) -> tuple[Any, ...]:
 
 
 class _EmitCustomerDayFn(beam.DoFn):
-    def process(self, keyed: Any, window: Any = beam.DoFn.WindowParam) -> Any:
-        customer_id, acc = keyed
-        yield customer_day(customer_id, utc_day(window_start_ms(window)), list(acc.values()))
+    def process(self, keyed: Any) -> Any:
+        (customer_id, day), acc = keyed
+        yield customer_day(customer_id, day, list(acc.values()))
 
 
 class CustomerDailyUsage(beam.PTransform):
@@ -383,12 +402,16 @@ class CustomerDailyUsage(beam.PTransform):
     def __init__(
         self,
         *,
+        window_mode: str = "event_time",
         allowed_lateness_s: int = 0,
         trigger: TriggerFn | None = None,
         accumulation_mode: Any = None,
         label: str | None = None,
     ) -> None:
         super().__init__(label)
+        if window_mode not in WINDOW_MODES:
+            raise ValueError(f"window_mode {window_mode!r} is not one of {WINDOW_MODES}")
+        self._mode = window_mode
         self._window = dict(
             allowed_lateness_s=allowed_lateness_s,
             trigger=trigger,
@@ -396,13 +419,17 @@ class CustomerDailyUsage(beam.PTransform):
         )
 
     def expand(self, hours: beam.PCollection) -> beam.PCollection:
+        if self._mode == "event_time":
+            hours = (
+                hours
+                # An hour window lies inside one day window, so moving the
+                # timestamp back to the hour's start never makes it late.
+                | "EventTime" >> beam.Map(_stamp_hour)
+                | "Daily" >> WindowByEventTime(DAY_S, **self._window)
+            )
         return (
             hours
-            # An hour window lies inside one day window, so moving the
-            # timestamp back to the hour's start never makes it late.
-            | "EventTime" >> beam.Map(_stamp_hour)
-            | "Daily" >> WindowByEventTime(DAY_S, **self._window)
-            | "KeyByCustomer" >> beam.Map(lambda hour: (hour.customer_id, hour))
+            | "KeyByCustomerDay" >> beam.Map(lambda hour: ((hour.customer_id, utc_day(hour.hour_ms)), hour))
             | "Combine" >> beam.CombinePerKey(CustomerDayFn())
             | "ToCustomerDay" >> beam.ParDo(_EmitCustomerDayFn())
         )

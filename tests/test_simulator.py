@@ -259,8 +259,11 @@ def test_gateway_config_is_the_agreed_toml(tmp_path: Path, fleet: Fleet) -> None
             "port": 1884,
             "topic_prefix": f"sim/{gid}/",
             "client_id": f"fleetpulse-gw-{gid}-local",
+            "protocol": "5",
         },
-        "upstream": {"host": "10.1.2.3", "port": 1884, "client_id": f"fleetpulse-gw-{gid}", "tls": False},
+        "upstream": {
+            "host": "10.1.2.3", "port": 1884, "client_id": f"fleetpulse-gw-{gid}", "protocol": "5", "tls": False,
+        },
         "batch": {"max_records": 500, "max_interval_ms": 1000},
         "dead_letters": {"path": f"dead-letters/{gid}.jsonl"},
     }

@@ -95,12 +95,23 @@ class ClientSpec:
     role: str  # "local" or "upstream"
     client_id: str
     manual_ack: bool
+    protocol: str = "5"  # "5" or "3.1.1" (see the config's [local]/[upstream] protocol)
 
 
 def paho_client(spec: ClientSpec) -> Any:
-    """The real client: paho-mqtt 2.x, MQTT v5, callback API v2."""
+    """The real client: paho-mqtt 2.x, callback API v2, MQTT v5 (or 3.1.1 for older brokers)."""
     import paho.mqtt.client as mqtt
 
+    if spec.protocol == "3.1.1":
+        # No session-expiry or receive-maximum in 3.1.1: the session persists
+        # (clean_session False) and flow control is the broker's in-flight window.
+        return mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=spec.client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=False,
+            manual_ack=spec.manual_ack,
+        )
     return mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=spec.client_id,
@@ -231,9 +242,13 @@ class Collector:
         self._stopped = False
         self._worker: threading.Thread | None = None
 
-        self._local = client_factory(ClientSpec("local", config.local.client_id, manual_ack=True))
+        self._local = client_factory(
+            ClientSpec("local", config.local.client_id, manual_ack=True, protocol=config.local.protocol)
+        )
         self._upstream = client_factory(
-            ClientSpec("upstream", config.upstream.client_id, manual_ack=False)
+            ClientSpec(
+                "upstream", config.upstream.client_id, manual_ack=False, protocol=config.upstream.protocol
+            )
         )
 
     # ------------------------------------------------------------------ public
@@ -424,14 +439,18 @@ class Collector:
 
     def _connect(self, role: str, client: Any) -> None:
         cfg = self.config.local if role == "local" else self.config.upstream
+        v5 = cfg.protocol == "5"
         try:
-            client.connect(
-                cfg.host,
-                cfg.port,
-                keepalive=cfg.keepalive_s,
-                clean_start=False,
-                properties=self._connect_properties(role),
-            )
+            if v5:
+                client.connect(
+                    cfg.host,
+                    cfg.port,
+                    keepalive=cfg.keepalive_s,
+                    clean_start=False,
+                    properties=self._connect_properties(role),
+                )
+            else:
+                client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
         except OSError as exc:  # refused, unreachable, DNS, TLS handshake (ssl.SSLError)
             raise BrokerUnreachable(f"cannot reach {role} broker {cfg.host}:{cfg.port}: {exc}") from exc
         client.loop_start()

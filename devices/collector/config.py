@@ -41,6 +41,9 @@ class GatewayIds:
     gateway_id: str
 
 
+MQTT_PROTOCOLS = ("5", "3.1.1")
+
+
 @dataclass(frozen=True)
 class LocalConfig:
     """The gateway's own broker, where devices publish."""
@@ -52,6 +55,7 @@ class LocalConfig:
     keepalive_s: int = 30
     session_expiry_s: int = 86400
     receive_maximum: int = 1000
+    protocol: str = "5"  # MQTT "5" or "3.1.1" (brokers without v5, e.g. the demo's amqtt)
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class UpstreamConfig:
     password_file: str = ""
     keepalive_s: int = 30
     session_expiry_s: int = 86400
+    protocol: str = "5"  # MQTT "5" or "3.1.1"
     connect_timeout_s: int = 10
     drain_timeout_s: int = 30
     # Resolved from password_env / password_file; never printed.
@@ -313,6 +318,9 @@ def _validate(reader: _Reader, config: CollectorConfig) -> CollectorConfig:
         _check_range(reader, section, "keepalive_s", part.keepalive_s, 5, 65535, "seconds")
         _check_range(reader, section, "session_expiry_s", part.session_expiry_s, 0, 4294967295, "seconds")
         _check_client_id(reader, section, part.client_id)
+        if part.protocol not in MQTT_PROTOCOLS:
+            raise reader.bad(section, "protocol", f"{part.protocol!r} is not an MQTT version we speak",
+                             f"use one of {', '.join(repr(p) for p in MQTT_PROTOCOLS)}")
     if local.client_id == up.client_id:
         # Two connections with one client id would take each other's session
         # over and over when both brokers are the same (the simulator does that).

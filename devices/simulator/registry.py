@@ -40,6 +40,7 @@ class BrokerSettings:
 
     host: str = "127.0.0.1"
     port: int = 1883
+    protocol: str = "5"  # the MQTT version the collectors speak to it ("5" or "3.1.1")
 
 
 def accounts_csv(accounts: tuple[Account, ...]) -> str:
@@ -84,10 +85,12 @@ def gateway_config(gateway: Gateway, broker: BrokerSettings) -> str:
         f"port = {broker.port}",
         f"topic_prefix = {_toml_str(topic_prefix(gid))}",
         f"client_id = {_toml_str(f'fleetpulse-gw-{gid}-local')}",
+        f"protocol = {_toml_str(broker.protocol)}",
         "[upstream]",
         f"host = {_toml_str(broker.host)}",
         f"port = {broker.port}",
         f"client_id = {_toml_str(f'fleetpulse-gw-{gid}')}",
+        f"protocol = {_toml_str(broker.protocol)}",
         "tls = false",
         "[batch]",
         "max_records = 500",

@@ -78,19 +78,24 @@ def run_demo(config: DemoConfig) -> DemoResult:
         malformed_per_day=config.malformed_per_day,
     )
 
-    progress.step("in-process MQTT broker")
+    progress.step("in-process MQTT brokers")
+    # Two brokers, as in the field: the gateways' local one (devices publish
+    # there) and the central one (gateways forward batches, the lander reads).
     broker = InProcessBroker().start()
-    progress.done(f"amqtt on {broker.host}:{broker.port}")
+    central = InProcessBroker().start()
+    progress.done(f"amqtt: gateway-local on :{broker.port}, central on :{central.port}")
     collectors: list[Collector] = []
     lander: Lander | None = None
     try:
         progress.step("gateway collectors and central lander")
         fleet = sim.build_fleet()
-        paths = write_outputs(fleet, sim_dir, BrokerSettings(broker.host, broker.port))
-        lander = Lander(LanderConfig(lake=lake, host=broker.host, port=broker.port, client_id="fleetpulse-demo-lander"))
+        # amqtt speaks MQTT 3.1.1 only; real gateways use v5 flow control.
+        paths = write_outputs(fleet, sim_dir, BrokerSettings(broker.host, broker.port, protocol="3.1.1"))
+        lander = Lander(LanderConfig(lake=lake, host=central.host, port=central.port, client_id="fleetpulse-demo-lander"))
         lander.start()
-        for config_path in sorted((sim_dir / "gateways").glob("*.toml")):
-            collector = Collector(load_config(config_path))
+        upstream = {"FLEETPULSE_GATEWAY__UPSTREAM__PORT": str(central.port)}
+        for config_path in paths.gateway_configs:
+            collector = Collector(load_config(config_path, environ=upstream))
             collector.start()
             collectors.append(collector)
         progress.done(f"{len(collectors)} collectors, lander → {lake}")
@@ -127,6 +132,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
             collector.stop(timeout_s=5)
         if lander is not None:
             lander.stop()
+        central.stop()
         broker.stop()
 
     progress.step("Beam batch job (DirectRunner)")

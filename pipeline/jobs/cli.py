@@ -75,13 +75,19 @@ def clear_outputs(out: str) -> None:
         shutil.rmtree(Path(out) / name, ignore_errors=True)
 
 
+def local_beam_args() -> list[str]:
+    """The local default: the DirectRunner on every core (it runs bundles in worker processes)."""
+    workers = max(1, min(os.cpu_count() or 1, 4))
+    return ["--runner=DirectRunner", "--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+
+
 def run_job(config, beam_args: list[str]):  # -> apache_beam.runners.runner.PipelineResult
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from .backfill import build_pipeline
 
     clear_outputs(config.out)
-    options = PipelineOptions(beam_args or ["--runner=DirectRunner", "--direct_num_workers=1"])
+    options = PipelineOptions(beam_args or local_beam_args())
     result = build_pipeline(options, config).run()
     result.wait_until_finish()
     return result

@@ -55,3 +55,5 @@ class InProcessBroker:
             self._broker = None
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()

@@ -13,6 +13,7 @@ import sys
 
 BENCHMARKS = {
     "validation": "bench.bench_validation",
+    "line_protocol": "bench.bench_line_protocol",
 }
 
 

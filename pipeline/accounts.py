@@ -59,6 +59,42 @@ class Account:
     nps: int | None
 
 
+class _Row:
+    """One CSV row with typed getters whose errors name the file, row and column."""
+
+    def __init__(self, source: str, line: int, raw: dict[str, str | None]) -> None:
+        self.source, self.line, self.raw = source, line, raw
+
+    def bad(self, column: str, problem: str, fix: str) -> ConfigError:
+        return ConfigError(self.source, f"row {self.line}.{column}", problem, fix)
+
+    def text(self, column: str) -> str:
+        return (self.raw.get(column) or "").strip()
+
+    def integer(self, column: str, low: int, high: int | None = None) -> int:
+        text = self.text(column)
+        try:
+            value = int(text)
+        except ValueError:
+            raise self.bad(column, f"{text!r} is not an integer", f"write a whole number >= {low}") from None
+        if value < low or (high is not None and value > high):
+            raise self.bad(column, f"{value} is out of range", f"use a value in [{low}, {high}]")
+        return value
+
+    def day(self, column: str) -> date:
+        text = self.text(column)
+        try:
+            return date.fromisoformat(text)
+        except ValueError:
+            raise self.bad(column, f"{text!r} is not a date", "write it as YYYY-MM-DD") from None
+
+    def choice(self, column: str, allowed: tuple[str, ...]) -> str:
+        text = self.text(column)
+        if text not in allowed:
+            raise self.bad(column, f"{text!r} is not allowed", f"use one of {', '.join(allowed)}")
+        return text
+
+
 def load_accounts(path: str | Path) -> dict[str, Account]:
     """Read and validate the registry; returns accounts by customer_id."""
     path = Path(path)
@@ -80,56 +116,29 @@ def load_accounts(path: str | Path) -> dict[str, Account]:
                 source, f"header.{missing[0]}", f"column {missing[0]!r} is missing",
                 f"the header must contain {', '.join(REQUIRED)}",
             )
-        for line, row in enumerate(reader, start=2):
-
-            def bad(column: str, problem: str, fix: str, line: int = line) -> ConfigError:
-                return ConfigError(source, f"row {line}.{column}", problem, fix)
-
-            def integer(column: str, low: int, high: int | None = None) -> int:
-                text = (row.get(column) or "").strip()
-                try:
-                    value = int(text)
-                except ValueError:
-                    raise bad(column, f"{text!r} is not an integer", f"write a whole number >= {low}") from None
-                if value < low or (high is not None and value > high):
-                    raise bad(column, f"{value} is out of range", f"use a value in [{low}, {high}]")
-                return value
-
-            def day(column: str) -> date:
-                text = (row.get(column) or "").strip()
-                try:
-                    return date.fromisoformat(text)
-                except ValueError:
-                    raise bad(column, f"{text!r} is not a date", "write it as YYYY-MM-DD") from None
-
-            def choice(column: str, allowed: tuple[str, ...]) -> str:
-                text = (row.get(column) or "").strip()
-                if text not in allowed:
-                    raise bad(column, f"{text!r} is not allowed", f"use one of {', '.join(allowed)}")
-                return text
-
-            customer_id = (row.get("customer_id") or "").strip()
+        for line, raw in enumerate(reader, start=2):
+            row = _Row(source, line, raw)
+            customer_id = row.text("customer_id")
             if not identifier.fullmatch(customer_id):
-                raise bad("customer_id", f"{customer_id!r} is not a valid identifier",
+                raise row.bad("customer_id", f"{customer_id!r} is not a valid identifier",
                           "use letters, digits and . _ : - (at most 64)")
             if customer_id in accounts:
-                raise bad("customer_id", f"{customer_id!r} appears twice", "keep one row per customer")
-            start, renewal = day("contract_start"), day("renewal_date")
+                raise row.bad("customer_id", f"{customer_id!r} appears twice", "keep one row per customer")
+            start, renewal = row.day("contract_start"), row.day("renewal_date")
             if renewal < start:
-                raise bad("renewal_date", f"{renewal} is before contract_start {start}",
+                raise row.bad("renewal_date", f"{renewal} is before contract_start {start}",
                           "fix the dates in the CRM export")
-            nps_text = (row.get("nps") or "").strip()
             accounts[customer_id] = Account(
                 customer_id=customer_id,
-                name=(row.get("name") or "").strip() or customer_id,
-                segment=choice("segment", SEGMENTS),
-                engagement_model=choice("engagement_model", ENGAGEMENT_MODELS),
-                arr_usd=integer("arr_usd", 0),
+                name=row.text("name") or customer_id,
+                segment=row.choice("segment", SEGMENTS),
+                engagement_model=row.choice("engagement_model", ENGAGEMENT_MODELS),
+                arr_usd=row.integer("arr_usd", 0),
                 contract_start=start,
                 renewal_date=renewal,
-                entitled_devices=integer("entitled_devices", 0),
-                csm_owner=(row.get("csm_owner") or "").strip() or None,
-                nps=integer("nps", -100, 100) if nps_text else None,
+                entitled_devices=row.integer("entitled_devices", 0),
+                csm_owner=row.text("csm_owner") or None,
+                nps=row.integer("nps", -100, 100) if row.text("nps") else None,
             )
     if not accounts:
         raise ConfigError(source, "rows", "the registry has no accounts", "export at least one customer")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -95,7 +95,7 @@ def _fields(section: dict[str, Any]) -> tuple[FieldSpec, ...]:
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_contract(version: int = 1) -> Contract:
     """Load contract ``version`` from the packaged JSON definition."""
     if version not in SUPPORTED_VERSIONS:

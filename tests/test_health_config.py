@@ -6,9 +6,9 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from fleetpulse.pipeline.health.config import Scoring, Threshold, load_health_model
 
 from fleetpulse.errors import ConfigError
+from fleetpulse.pipeline.health.config import Scoring, Threshold, load_health_model
 
 MINIMAL = """
 components:

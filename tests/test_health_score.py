@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import date, timedelta
 
 import pytest
+
 from fleetpulse.pipeline.accounts import Account
 from fleetpulse.pipeline.health.config import HealthModel, load_health_model
 from fleetpulse.pipeline.health.score import FleetContext, score_account

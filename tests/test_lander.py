@@ -13,8 +13,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from fleetpulse.pipeline.lake.landing import iter_landing_rows, landing_files
 from fleetpulse.pipeline.lake.lander import Lander, LanderConfig
+from fleetpulse.pipeline.lake.landing import iter_landing_rows, landing_files
 from fleetpulse.schemas import load_contract
 
 from .servers import wait_until

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from fleetpulse.pipeline.model import Alert, Component, DailySignal
 from fleetpulse.pipeline.report.text import render_account, render_portfolio, safe
 

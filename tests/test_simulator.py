@@ -10,11 +10,13 @@ import subprocess
 import sys
 import threading
 from collections import Counter, defaultdict
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from fleetpulse import cli as fleetpulse_cli
 from fleetpulse.devices.simulator import cli as sim_cli
 from fleetpulse.devices.simulator.fleet import (
     FIRMWARE_VERSIONS,
@@ -39,10 +41,8 @@ from fleetpulse.devices.simulator.registry import (
     write_outputs,
 )
 from fleetpulse.devices.simulator.simulation import SimulationConfig, simulate
-from fleetpulse.schemas import Validator, load_contract
-
-from fleetpulse import cli as fleetpulse_cli
 from fleetpulse.errors import TransientError
+from fleetpulse.schemas import Validator, load_contract
 
 from .servers import free_port
 
@@ -290,7 +290,7 @@ def test_gateway_config_strings_are_escaped() -> None:
 # ---------------------------------------------------------------- records
 def test_every_generated_record_validates(fleet: Fleet, messages: list[DeviceMessage]) -> None:
     validator = Validator()
-    now_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
     for m in messages:
         valid, rejected = validator.device_payload(m.payload, now_ms=now_ms)
         if m.malformed is None:
@@ -307,7 +307,7 @@ def test_records_belong_to_their_device_and_day_in_time_order(
 ) -> None:
     per_device_day = []
     for m, records in decoded:
-        day_start = datetime.combine(fleet.date_of(m.day), datetime.min.time(), timezone.utc)
+        day_start = datetime.combine(fleet.date_of(m.day), datetime.min.time(), UTC)
         lo = int(day_start.timestamp() * 1000)
         assert all(r["device_id"] == m.device_id for r in records)
         assert all(lo <= r["ts_ms"] < lo + 86_400_000 for r in records)
@@ -708,7 +708,7 @@ def test_cli_rejects_bad_arguments_naming_the_option(
 def test_cli_warns_when_the_span_reaches_into_the_future(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    future = (datetime.now(timezone.utc).date() + timedelta(days=3)).isoformat()
+    future = (datetime.now(UTC).date() + timedelta(days=3)).isoformat()
     argv = ["simulate", "--customers", "1", "--days", "1", "--to-files", "--out", str(tmp_path)]
     with caplog.at_level("WARNING", logger="fleetpulse.devices.simulator.cli"):
         assert fleetpulse_cli.main([*argv, "--start-date", future]) == 0

@@ -7,13 +7,13 @@ from datetime import date
 from typing import Any
 
 import pytest
+from paho.mqtt.client import CallbackAPIVersion, Client, MQTTMessage
+
+from fleetpulse import cli as fleetpulse_cli
 from fleetpulse.devices.simulator.generate import TelemetryGenerator
 from fleetpulse.devices.simulator.publish import MqttSink
 from fleetpulse.devices.simulator.simulation import SimulationConfig, simulate
 from fleetpulse.schemas import Validator
-from paho.mqtt.client import CallbackAPIVersion, Client, MQTTMessage
-
-from fleetpulse import cli as fleetpulse_cli
 
 from .servers import Server, wait_until
 

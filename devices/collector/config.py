@@ -18,12 +18,11 @@ Standard library only (``tomllib``, Python 3.11+): this runs on the gateway.
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from fleetpulse.errors import ConfigError
 from fleetpulse.schemas import load_contract

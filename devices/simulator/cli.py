@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
 from fleetpulse.errors import ConfigError, TerminalError, TransientError
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     config = _config(args)
     broker = BrokerSettings(*parse_broker(args.broker)) if args.broker else BrokerSettings()
     fleet = config.build_fleet()
-    today = datetime.now(timezone.utc).date()
+    today = datetime.now(UTC).date()
     if fleet.end_date >= today:
         # Receivers bound event time by their clock (contract: at most 5 min ahead).
         log.warning(

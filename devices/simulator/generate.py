@@ -28,7 +28,7 @@ import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from fleetpulse.schemas import load_contract
@@ -107,7 +107,7 @@ class _DeviceState:
 
 def _day_start_ms(fleet: Fleet, day: int) -> int:
     d = fleet.date_of(day)
-    return int(datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp()) * 1000
+    return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()) * 1000
 
 
 class TelemetryGenerator:

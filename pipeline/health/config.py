@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from fleetpulse.pipeline.accounts import SEGMENTS
 
 from fleetpulse.errors import ConfigError
+from fleetpulse.pipeline.accounts import SEGMENTS
 
 #: The components the scorer knows how to measure, in display order.
 COMPONENTS = ("adoption", "engagement", "breadth", "reliability", "firmware", "nps")

@@ -7,7 +7,7 @@ overwrites the earlier point instead of adding a second one.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 from fleetpulse.pipeline.model import DailySignal, DeviceHour
@@ -17,7 +17,7 @@ BAND_RANK = {"green": 0, "yellow": 1, "red": 2}
 
 def day_start_s(day: str) -> int:
     d = date.fromisoformat(day)
-    return int(datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp())
+    return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp())
 
 
 def device_hour_point(hour: DeviceHour) -> dict[str, Any]:

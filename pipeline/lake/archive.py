@@ -17,7 +17,7 @@ import io
 import os
 import uuid
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import apache_beam as beam
@@ -36,7 +36,7 @@ def _join(*parts: str) -> str:
 
 def partition_of(ts_ms: int) -> str:
     """The event-hour partition of a record: ``dt=YYYY-MM-DD/hour=HH`` (UTC)."""
-    at = datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
+    at = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
     return f"dt={at:%Y-%m-%d}/hour={at:%H}"
 
 

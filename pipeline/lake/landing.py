@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -95,7 +95,7 @@ class LandingWriter:
         if not self._topics:
             return None
         first = self._received[0]
-        day = datetime.fromtimestamp(first / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
+        day = datetime.fromtimestamp(first / 1000, tz=UTC).strftime("%Y-%m-%d")
         final = self.root / f"dt={day}" / f"part-{first:013d}-{uuid.uuid4().hex[:12]}.parquet"
         table = pa.Table.from_arrays(
             [

@@ -8,7 +8,7 @@ column without touching this file.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import pyarrow as pa
 
@@ -33,7 +33,7 @@ ARROW_TYPES: dict[str, pa.DataType] = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def lake_schema(version: int = 1) -> pa.Schema:
     """The Arrow schema of a lake record row for contract ``version``."""
     contract: Contract = load_contract(version)

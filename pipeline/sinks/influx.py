@@ -56,7 +56,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timezone
+from datetime import UTC
 from typing import Any, NamedTuple, Protocol
 
 from fleetpulse.errors import ConfigError, TerminalError, TransientError
@@ -441,7 +441,7 @@ def parse_retry_after(value: str | None, now_s: float) -> float | None:
         except (TypeError, ValueError, IndexError):
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
+            when = when.replace(tzinfo=UTC)
         return max(0.0, when.timestamp() - now_s)
     return max(0.0, seconds) if math.isfinite(seconds) else None
 

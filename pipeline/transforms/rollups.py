@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import apache_beam as beam
@@ -50,7 +50,7 @@ def event_timestamp(ts_ms: int) -> Timestamp:
 
 def utc_day(epoch_ms: int) -> str:
     """The ISO UTC date of an epoch-millisecond instant."""
-    return datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc).date().isoformat()
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC).date().isoformat()
 
 
 def _stamp_row(row: dict[str, Any]) -> TimestampedValue:

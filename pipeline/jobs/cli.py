@@ -76,9 +76,14 @@ def clear_outputs(out: str) -> None:
 
 
 def local_beam_args() -> list[str]:
-    """The local default: the DirectRunner on every core (it runs bundles in worker processes)."""
+    """The local default: the DirectRunner's batch engine (FnApiRunner) on every core.
+
+    Named explicitly so that a local run never tries to download the Prism
+    runner first (the DirectRunner's default since Beam 2.6x), which fails
+    offline and would change engines silently online.
+    """
     workers = max(1, min(os.cpu_count() or 1, 4))
-    return ["--runner=DirectRunner", "--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+    return ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
 
 
 def run_job(config, beam_args: list[str]):  # -> apache_beam.runners.runner.PipelineResult

@@ -52,6 +52,9 @@ def test_gateway_commands_work_without_the_pipeline_extra(gateway_venv: Path, tm
     sim = run(gateway_venv, "simulate", "--customers", "8", "--days", "2", "--to-files", "--out", str(tmp_path))
     assert sim.returncode == 0, sim.stderr
     assert (tmp_path / "accounts.csv").exists()
+    only = run(gateway_venv, "simulate", "--customers", "8", "--registry-only", "--out", str(tmp_path / "reg"))
+    assert only.returncode == 0, only.stderr
+    assert (tmp_path / "reg" / "gateways").is_dir() and not (tmp_path / "reg" / "telemetry").exists()
     check = run(gateway_venv, "gateway", "check", "--config", str(next((tmp_path / "gateways").glob("*.toml"))))
     assert check.returncode == 0, check.stderr
 

@@ -64,6 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="deliberately malformed device messages to plant per day (default 0)",
     )
+    parser.add_argument(
+        "--registry-only",
+        action="store_true",
+        help="write accounts.csv, truth.json and gateways/*.toml, send no telemetry "
+        "(start the collectors from these configs, then run again without this flag)",
+    )
 
 
 def parse_broker(text: str) -> tuple[str, int]:
@@ -124,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
             today,
         )
     outputs = write_outputs(fleet, args.out, broker)
+    if args.registry_only:
+        print(f"wrote {outputs.accounts}, {outputs.truth} and {len(outputs.gateway_configs)} gateway configs")
+        return 0
     sink: Sink
     if args.broker:
         sink = MqttSink(broker.host, broker.port, client_id=f"fleetpulse-simulator-{config.seed}")

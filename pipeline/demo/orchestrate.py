@@ -149,12 +149,13 @@ def run_demo(config: DemoConfig) -> DemoResult:
     progress.done(f"{len(signals):,} customer-days scored, {len(alerts)} alerts"
                   + (f", written to InfluxDB at {influx.url}" if influx else ""))
 
+    worst = min(latest, key=lambda s: s.health).customer_id if latest else "ID"
     report = "\n".join([
         render_portfolio(latest, alerts),
         "",
-        f"Signals: {signals_dir}/signals/*.parquet   Alerts: {signals_dir}/alerts.jsonl   "
-        f"Dead letters: {signals_dir}/dead_letters.jsonl, {sim_dir}/dead-letters/",
-        f"Explain one account: fleetpulse health --out {signals_dir} --customer {latest[0].customer_id if latest else 'ID'}",
+        f"Signals: {signals_dir}/signals/*.parquet   Alerts: {signals_dir}/alerts.jsonl",
+        f"Dead letters: gateways {sim_dir}/gateways/dead-letters/, pipeline {signals_dir}/dead_letters.jsonl",
+        f"Explain one account: fleetpulse health --out {signals_dir} --customer {worst}",
     ])
     return DemoResult(
         out=out,

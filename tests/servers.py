@@ -177,6 +177,9 @@ def victoria_metrics(workdir: Path) -> Server:
             require_binary("victoria-metrics"),
             f"-storageDataPath={workdir}/data",
             f"-httpListenAddr=127.0.0.1:{port}",
+            # Simulated fleets live in the past; the default retention (1 month)
+            # would silently drop their samples.
+            "-retentionPeriod=100y",
             "-search.disableCache",
             "-search.latencyOffset=0s",
             "-loggerLevel=ERROR",

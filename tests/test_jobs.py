@@ -1,0 +1,117 @@
+"""The batch job: the InfluxDB v2 write path end to end (VictoriaMetrics speaks
+/api/v2/write), and configuration errors that stop it before anything runs."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from fleetpulse import cli
+from fleetpulse.devices.simulator.generate import TelemetryGenerator
+from fleetpulse.devices.simulator.registry import write_outputs
+from fleetpulse.devices.simulator.simulation import SimulationConfig
+from fleetpulse.pipeline.accounts import load_accounts
+from fleetpulse.pipeline.health.config import load_health_model
+from fleetpulse.pipeline.jobs import outputs
+from fleetpulse.pipeline.jobs.backfill import JobConfig
+from fleetpulse.pipeline.jobs.cli import run_job
+from fleetpulse.pipeline.jobs.points import day_start_s
+from fleetpulse.pipeline.lake.landing import LandingWriter
+from fleetpulse.pipeline.sinks.influx import InfluxConfig
+from fleetpulse.schemas import load_contract
+
+from .servers import wait_until
+
+SIM = SimulationConfig(seed=3, customers=8, days=6)
+RECEIVED_MS = 1_795_000_000_000  # after the simulated span
+
+
+def land_fleet(root: Path) -> Path:
+    """A lake whose landing zone holds the fleet's records in gateway envelopes."""
+    fleet = SIM.build_fleet()
+    paths = write_outputs(fleet, root / "sim")
+    gateways = {g.gateway_id: g for g in fleet.gateways}
+    contract = load_contract()
+    writer = LandingWriter(root / "lake")
+    for seq, message in enumerate(TelemetryGenerator(fleet)):
+        if message.withheld or message.malformed is not None:
+            continue
+        gw = gateways[message.gateway_id]
+        ids = {"customer_id": gw.customer_id, "site_id": gw.site_id, "gateway_id": gw.gateway_id}
+        envelope = {"v": 1, **ids, "batch_seq": seq, "sent_ms": RECEIVED_MS,
+                    "records": json.loads(message.payload)}
+        writer.add(contract.topic("gateway_batches", **ids), json.dumps(envelope).encode(), RECEIVED_MS)
+    writer.commit()
+    return paths.accounts
+
+
+def vm_series(port: int, match: str) -> dict[tuple[str, int], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/internal/force_flush", timeout=10):
+        pass
+    url = f"http://127.0.0.1:{port}/api/v1/export?" + urllib.parse.urlencode({"match[]": match})
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        lines = [json.loads(line) for line in resp.read().decode().splitlines() if line]
+    return {
+        (series["metric"]["customer_id"], ts // 1000): value
+        for series in lines
+        for ts, value in zip(series["timestamps"], series["values"], strict=True)
+    }
+
+
+@pytest.mark.integration
+def test_job_writes_customer_signals_through_the_v2_api(victoria_metrics, tmp_path):
+    accounts = land_fleet(tmp_path)
+    influx = InfluxConfig.from_env({
+        "INFLUX_URL": f"http://127.0.0.1:{victoria_metrics.port}",
+        "INFLUX_TOKEN": "test-token", "INFLUX_ORG": "acme", "INFLUX_BUCKET": "fleetpulse",
+    })
+    job = JobConfig(lake=str(tmp_path / "lake"), out=str(tmp_path / "out"),
+                    accounts=load_accounts(accounts), model=load_health_model(None), influx=influx)
+    run_job(job, [])
+    signals = outputs.read_signals(tmp_path / "out")
+    expected = {(s.customer_id, day_start_s(s.day)): s.health for s in signals}
+    assert len({s.customer_id for s in signals}) == SIM.customers
+
+    match = '{__name__="fp_customer_daily_health"}'
+    wait_until(lambda: len(vm_series(victoria_metrics.port, match)) >= len(expected),
+               timeout_s=20, what="health samples in VictoriaMetrics")
+    assert vm_series(victoria_metrics.port, match) == pytest.approx(expected)
+    band_rank = vm_series(victoria_metrics.port, '{__name__="fp_customer_daily_band_rank"}')
+    ranks = {"green": 0, "yellow": 1, "red": 2}
+    assert band_rank == {(s.customer_id, day_start_s(s.day)): ranks[s.band] for s in signals}
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_missing_lake_stops_with_one_line(tmp_path, capsys):
+    accounts = tmp_path / "accounts.csv"
+    code = cli.main(["backfill", "--lake", str(tmp_path / "nope"), "--accounts", str(accounts),
+                     "--out", str(tmp_path / "out")])
+    assert code == 2
+    line = one_error_line(capsys)
+    assert "--lake" in line and "fix:" in line
+
+
+def test_bad_accounts_and_bad_influx_env_name_the_key(tmp_path, capsys, monkeypatch):
+    accounts = land_fleet(tmp_path)
+    text = accounts.read_text().replace(",smb,", ",small,", 1)
+    accounts.write_text(text)
+    argv = ["backfill", "--lake", str(tmp_path / "lake"), "--accounts", str(accounts), "--out", str(tmp_path / "o")]
+    assert cli.main(argv) == 2
+    line = one_error_line(capsys)
+    assert str(accounts) in line and ".segment" in line and "fix:" in line
+
+    write_outputs(SIM.build_fleet(), tmp_path / "sim")  # a good registry again
+    monkeypatch.setenv("INFLUX_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("INFLUX_API_VERSION", "7")
+    assert cli.main(argv) == 2
+    line = one_error_line(capsys)
+    assert "environment" in line and "INFLUX_API_VERSION" in line

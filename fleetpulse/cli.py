@@ -78,30 +78,27 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     for command in COMMANDS:
         sp = sub.add_parser(command.name, help=command.help, description=command.help)
         sp.set_defaults(_command=command)
-        if command.name != selected:
-            continue
-        if not missing_extras(command.extras):
+        if command.name == selected:
             importlib.import_module(command.module).add_arguments(sp)
-        else:
-            # Accept anything so that `run` can print the install hint.
-            sp.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    names = {c.name for c in COMMANDS}
-    parser = build_parser(next((a for a in argv if a in names), None))
-    args = parser.parse_args(argv)
+    by_name = {c.name: c for c in COMMANDS}
+    selected = next((a for a in argv if a in by_name), None)
+    if selected is not None:
+        # Before parsing: without the extra, the command's own options are unknown.
+        missing = missing_extras(by_name[selected].extras)
+        if missing:
+            print(
+                f"fleetpulse {selected} needs the {' and '.join(missing)} extra: "
+                f"{install_hint(missing)}",
+                file=sys.stderr,
+            )
+            return 1
+    args = build_parser(selected).parse_args(argv)
     command: Command = args._command
-    missing = missing_extras(command.extras)
-    if missing:
-        print(
-            f"fleetpulse {command.name} needs the {' and '.join(missing)} extra: "
-            f"{install_hint(missing)}",
-            file=sys.stderr,
-        )
-        return 1
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

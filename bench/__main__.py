@@ -14,6 +14,7 @@ import sys
 BENCHMARKS = {
     "validation": "bench.bench_validation",
     "line_protocol": "bench.bench_line_protocol",
+    "rollups": "bench.bench_rollups",
 }
 
 

@@ -20,6 +20,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from fleetpulse.errors import RejectedInput, quote
+
 from .contract import load_contract
 
 SUPPORTED_VERSIONS = (1,)
@@ -47,19 +49,10 @@ FIELD_TYPES = ("int", "float", "bool", "string")
 _PATTERN_CACHE_MAX = 4096
 
 
-class DesignViolation(ValueError):
+class DesignViolation(RejectedInput):
     """A point that does not fit the measurement design."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        assert reason in DESIGN_REASONS, reason
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    REASONS = DESIGN_REASONS
 
 
 @dataclass(frozen=True)
@@ -135,20 +128,20 @@ class MeasurementSpec:
             if spec is None:
                 raise DesignViolation(
                     "unknown_tag",
-                    f"{self.name} has no tag {_short(key)}; tags: {sorted(self.tags)}",
+                    f"{self.name} has no tag {quote(key)}; tags: {sorted(self.tags)}",
                 )
             if value is None or value == "":
                 continue
             if not isinstance(value, str):
                 raise DesignViolation(
-                    "wrong_type", f"{self.name} tag {key} must be a string, got {_short(value)}"
+                    "wrong_type", f"{self.name} tag {key} must be a string, got {quote(value)}"
                 )
             if spec.format == "identifier" and (
                 len(value) > self.identifier_max_length or not self.identifier_re.fullmatch(value)
             ):
                 raise DesignViolation(
                     "bad_tag_value",
-                    f"{self.name} tag {key}={_short(value)} is not an identifier "
+                    f"{self.name} tag {key}={quote(value)} is not an identifier "
                     f"({self.identifier_re.pattern}, at most {self.identifier_max_length} characters)",
                 )
             if spec.max_length is not None and len(value) > spec.max_length:
@@ -178,7 +171,7 @@ class MeasurementSpec:
                 spec = self.field_spec(key)
             if spec is None:
                 raise DesignViolation(
-                    "unknown_field", f"{self.name} has no field {_short(key)} (see INFLUX_V1.md)"
+                    "unknown_field", f"{self.name} has no field {quote(key)} (see INFLUX_V1.md)"
                 )
             out[key] = self._typed(key, spec, value)
         if not self.required_fields <= out.keys():
@@ -196,7 +189,7 @@ class MeasurementSpec:
         elif kind == "int":
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise DesignViolation(
-                    "wrong_type", f"{self.name}.{key} is an int field, got {_short(value)}"
+                    "wrong_type", f"{self.name}.{key} is an int field, got {quote(value)}"
                 )
             number = int(value)
         elif kind == "float":
@@ -204,24 +197,24 @@ class MeasurementSpec:
             # the design says float, so it is converted.
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise DesignViolation(
-                    "wrong_type", f"{self.name}.{key} is a float field, got {_short(value)}"
+                    "wrong_type", f"{self.name}.{key} is a float field, got {quote(value)}"
                 )
             number = float(value)
         elif kind == "bool":
             if not isinstance(value, bool):
                 raise DesignViolation(
-                    "wrong_type", f"{self.name}.{key} is a bool field, got {_short(value)}"
+                    "wrong_type", f"{self.name}.{key} is a bool field, got {quote(value)}"
                 )
             return value
         else:
             if not isinstance(value, str):
                 raise DesignViolation(
-                    "wrong_type", f"{self.name}.{key} is a string field, got {_short(value)}"
+                    "wrong_type", f"{self.name}.{key} is a string field, got {quote(value)}"
                 )
             if spec.values and value not in spec.values:
                 raise DesignViolation(
                     "bad_enum",
-                    f"{self.name}.{key}={_short(value)} is not one of {list(spec.values)}",
+                    f"{self.name}.{key}={quote(value)} is not one of {list(spec.values)}",
                 )
             if spec.max_length is not None and len(value) > spec.max_length:
                 raise DesignViolation(
@@ -241,7 +234,7 @@ class MeasurementSpec:
         """The point's timestamp must be an int window start (so replays overwrite)."""
         if isinstance(ts_s, bool) or not isinstance(ts_s, numbers.Integral):
             raise DesignViolation(
-                "bad_timestamp", f"{self.name} ts_s must be integer seconds, got {_short(ts_s)}"
+                "bad_timestamp", f"{self.name} ts_s must be integer seconds, got {quote(ts_s)}"
             )
         ts = int(ts_s)
         if ts % self.window_s:
@@ -269,7 +262,7 @@ class InfluxDesign:
         if spec is None:
             raise DesignViolation(
                 "unknown_measurement",
-                f"{_short(measurement)} is not one of {sorted(self.measurements)}",
+                f"{quote(measurement)} is not one of {sorted(self.measurements)}",
             )
         return spec.check_tags(tags), spec.check_fields(fields), spec.check_timestamp(ts_s)
 

@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from fleetpulse.errors import RejectedInput, quote
+
 from .contract import Contract, FieldSpec, load_contract
 
 REASONS = (
@@ -42,14 +44,10 @@ REASONS = (
 )
 
 
-class InvalidTelemetry(ValueError):
+class InvalidTelemetry(RejectedInput):
     """A record or envelope that breaks the contract."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        assert reason in REASONS, reason
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+    REASONS = REASONS
 
 
 @dataclass(frozen=True)
@@ -60,11 +58,6 @@ class Rejection:
     detail: str
     index: int | None = None  # position in the message's record list, None = whole payload
     record: Any = None  # the offending record as decoded, if it decoded at all
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class Validator:
@@ -82,13 +75,13 @@ class Validator:
     # ---------------------------------------------------------------- fields
     def _identifier(self, name: str, value: Any) -> str:
         if not isinstance(value, str):
-            raise InvalidTelemetry("wrong_type", f"{name} must be a string, got {_short(value)}")
+            raise InvalidTelemetry("wrong_type", f"{name} must be a string, got {quote(value)}")
         if len(value) > self._limits.identifier_max_length or not self.contract.identifier_re.fullmatch(
             value
         ):
             raise InvalidTelemetry(
                 "bad_identifier",
-                f"{name}={_short(value)} must match {self._limits.identifier_pattern} "
+                f"{name}={quote(value)} must match {self._limits.identifier_pattern} "
                 f"and be at most {self._limits.identifier_max_length} characters",
             )
         return value
@@ -100,7 +93,7 @@ class Validator:
         if kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
                 raise InvalidTelemetry(
-                    "wrong_type", f"{spec.name} must be an integer, got {_short(value)}"
+                    "wrong_type", f"{spec.name} must be an integer, got {quote(value)}"
                 )
             if (spec.min is not None and value < spec.min) or (
                 spec.max is not None and value > spec.max
@@ -113,13 +106,13 @@ class Validator:
         if kind == "enum":
             if value not in spec.values:
                 raise InvalidTelemetry(
-                    "bad_enum", f"{spec.name}={_short(value)} is not one of {list(spec.values)}"
+                    "bad_enum", f"{spec.name}={quote(value)} is not one of {list(spec.values)}"
                 )
             return value
         if kind == "string":
             if not isinstance(value, str):
                 raise InvalidTelemetry(
-                    "wrong_type", f"{spec.name} must be a string, got {_short(value)}"
+                    "wrong_type", f"{spec.name} must be a string, got {quote(value)}"
                 )
             if len(value) > self._limits.max_string_length:
                 raise InvalidTelemetry(
@@ -135,7 +128,7 @@ class Validator:
     def _quantities(self, value: Any) -> list[dict[str, Any]]:
         if not isinstance(value, list) or not value:
             raise InvalidTelemetry(
-                "bad_quantity", f"quantities must be a non-empty list, got {_short(value)}"
+                "bad_quantity", f"quantities must be a non-empty list, got {quote(value)}"
             )
         if len(value) > self._limits.max_quantities_per_usage:
             raise InvalidTelemetry(
@@ -145,7 +138,7 @@ class Validator:
         out = []
         for q in value:
             if not isinstance(q, dict):
-                raise InvalidTelemetry("bad_quantity", f"quantity {_short(q)} is not an object")
+                raise InvalidTelemetry("bad_quantity", f"quantity {quote(q)} is not an object")
             name = self._identifier("quantities.name", q.get("name"))
             number = q.get("value")
             if (
@@ -156,13 +149,13 @@ class Validator:
             ):
                 raise InvalidTelemetry(
                     "bad_quantity",
-                    f"quantity {name} value {_short(number)} must be a finite number >= 0",
+                    f"quantity {name} value {quote(number)} must be a finite number >= 0",
                 )
             unit = q.get("unit")
             if unit not in self.contract.units:
                 raise InvalidTelemetry(
                     "bad_unit",
-                    f"quantity {name} unit {_short(unit)} is not one of {sorted(self.contract.units)}",
+                    f"quantity {name} unit {quote(unit)} is not one of {sorted(self.contract.units)}",
                 )
             out.append({"name": name, "value": float(number), "unit": unit})
         return out
@@ -171,11 +164,11 @@ class Validator:
     def record(self, obj: Any, *, now_ms: int | None = None) -> dict[str, Any]:
         """Return the normalized record (known fields only) or raise InvalidTelemetry."""
         if not isinstance(obj, dict):
-            raise InvalidTelemetry("not_object", f"a record must be a JSON object, got {_short(obj)}")
+            raise InvalidTelemetry("not_object", f"a record must be a JSON object, got {quote(obj)}")
         version = obj.get("v", 1)
         if version != self.contract.version:
             raise InvalidTelemetry(
-                "unsupported_version", f"record v={_short(version)}, this validator speaks v1"
+                "unsupported_version", f"record v={quote(version)}, this validator speaks v1"
             )
         out: dict[str, Any] = {}
         for spec in self.contract.common:
@@ -186,14 +179,14 @@ class Validator:
             if spec.name == "kind" and obj["kind"] not in self.contract.kinds:
                 raise InvalidTelemetry(
                     "unknown_kind",
-                    f"kind={_short(obj['kind'])} is not one of {sorted(self.contract.kinds)}",
+                    f"kind={quote(obj['kind'])} is not one of {sorted(self.contract.kinds)}",
                 )
             out[spec.name] = self._field(spec, obj[spec.name])
         if out["seq"] > self._limits.max_seq or out["boot"] > self._limits.max_boot:
             raise InvalidTelemetry("out_of_range", f"boot={out['boot']} seq={out['seq']} too large")
         if not self.contract.firmware_re.fullmatch(out["fw"]):
             raise InvalidTelemetry(
-                "bad_firmware", f"fw={_short(out['fw'])} is not a dotted version like 2.4.1"
+                "bad_firmware", f"fw={quote(out['fw'])} is not a dotted version like 2.4.1"
             )
         ts = out["ts_ms"]
         if ts < self._limits.min_event_time_ms:
@@ -273,7 +266,7 @@ class Validator:
                 raise InvalidTelemetry("not_object", "a batch must be a JSON object")
             if obj.get("v") != self.contract.version:
                 raise InvalidTelemetry(
-                    "unsupported_version", f"batch v={_short(obj.get('v'))}, expected 1"
+                    "unsupported_version", f"batch v={quote(obj.get('v'))}, expected 1"
                 )
             header: dict[str, Any] = {}
             for spec in self.contract.envelope:

@@ -7,7 +7,7 @@ from datetime import date
 import pytest
 
 from fleetpulse.errors import ConfigError
-from fleetpulse.pipeline.accounts import load_accounts
+from fleetpulse.schemas.accounts import load_accounts
 
 HEADER = "customer_id,name,segment,engagement_model,arr_usd,contract_start,renewal_date,entitled_devices,csm_owner,nps\n"
 GOOD = "c-0001,Acme,smb,digital,12000,2026-01-01,2027-01-01,5,,\n"

@@ -23,7 +23,6 @@ from fleetpulse.devices.simulator.generate import TelemetryGenerator
 from fleetpulse.devices.simulator.publish import MqttSink
 from fleetpulse.devices.simulator.registry import BrokerSettings, write_outputs
 from fleetpulse.devices.simulator.simulation import SimulationConfig, simulate
-from fleetpulse.pipeline.accounts import load_accounts
 from fleetpulse.pipeline.health.config import load_health_model
 from fleetpulse.pipeline.jobs import outputs
 from fleetpulse.pipeline.jobs.backfill import JobConfig
@@ -31,6 +30,7 @@ from fleetpulse.pipeline.jobs.cli import counters, run_job
 from fleetpulse.pipeline.jobs.points import day_start_s
 from fleetpulse.pipeline.lake.lander import Lander, LanderConfig
 from fleetpulse.pipeline.sinks.influx import InfluxConfig
+from fleetpulse.schemas.accounts import load_accounts
 
 from .servers import wait_until
 

@@ -8,10 +8,10 @@ from datetime import date, timedelta
 
 import pytest
 
-from fleetpulse.pipeline.accounts import Account
 from fleetpulse.pipeline.health.config import HealthModel, load_health_model
 from fleetpulse.pipeline.health.score import FleetContext, score_account
 from fleetpulse.pipeline.model import Alert, Component, CustomerDay, DailySignal
+from fleetpulse.schemas.accounts import Account
 
 START = date(2024, 1, 1)
 DEVICES = ("d1", "d2", "d3", "d4")

@@ -14,7 +14,6 @@ from fleetpulse import cli
 from fleetpulse.devices.simulator.generate import TelemetryGenerator
 from fleetpulse.devices.simulator.registry import write_outputs
 from fleetpulse.devices.simulator.simulation import SimulationConfig
-from fleetpulse.pipeline.accounts import load_accounts
 from fleetpulse.pipeline.health.config import load_health_model
 from fleetpulse.pipeline.jobs import outputs
 from fleetpulse.pipeline.jobs.backfill import JobConfig
@@ -23,6 +22,7 @@ from fleetpulse.pipeline.jobs.points import day_start_s
 from fleetpulse.pipeline.lake.landing import LandingWriter
 from fleetpulse.pipeline.sinks.influx import InfluxConfig
 from fleetpulse.schemas import load_contract
+from fleetpulse.schemas.accounts import load_accounts
 
 from .servers import wait_until
 

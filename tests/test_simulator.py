@@ -34,7 +34,6 @@ from fleetpulse.devices.simulator.generate import (
 )
 from fleetpulse.devices.simulator.publish import FileSink, MqttSink
 from fleetpulse.devices.simulator.registry import (
-    ACCOUNTS_HEADER,
     BrokerSettings,
     accounts_csv,
     gateway_config,
@@ -43,6 +42,7 @@ from fleetpulse.devices.simulator.registry import (
 from fleetpulse.devices.simulator.simulation import SimulationConfig, simulate
 from fleetpulse.errors import TransientError
 from fleetpulse.schemas import Validator, load_contract
+from fleetpulse.schemas.accounts import COLUMNS
 
 from .servers import free_port
 
@@ -231,7 +231,7 @@ def test_accounts_csv_layout_and_no_ground_truth_in_it(fleet: Fleet) -> None:
         "entitled_devices,csm_owner,nps"
     )
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert tuple(rows[0]) == ACCOUNTS_HEADER
+    assert tuple(rows[0]) == COLUMNS
     assert [r["customer_id"] for r in rows] == [a.customer_id for a in fleet.accounts]
     for row in rows:
         date.fromisoformat(row["contract_start"])

@@ -12,7 +12,6 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline  # not collected
 from apache_beam.testing.util import assert_that, equal_to
 
-from fleetpulse.pipeline.accounts import Account
 from fleetpulse.pipeline.health.config import load_health_model
 from fleetpulse.pipeline.health.score import FleetContext, score_account
 from fleetpulse.pipeline.model import CustomerDay
@@ -28,6 +27,7 @@ from fleetpulse.pipeline.transforms import (
 )
 from fleetpulse.pipeline.transforms import score as score_module
 from fleetpulse.pipeline.transforms.fleet import FleetContextFn, firmware_key
+from fleetpulse.schemas.accounts import Account
 
 
 def cday(customer: str, day: str, device_fw: dict[str, str], error_fw: dict[str, int] | None = None,

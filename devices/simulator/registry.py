@@ -1,7 +1,7 @@
 """Files the simulator writes beside the telemetry: accounts registry, truth, gateway configs.
 
 * ``accounts.csv`` — the CRM export the pipeline joins as a side input
-  (``pipeline/accounts.py`` reads it). Header :data:`ACCOUNTS_HEADER`; dates
+  (``schemas/accounts.py`` defines and reads it). Header :data:`~fleetpulse.schemas.accounts.COLUMNS`; dates
   ISO ``YYYY-MM-DD``; ``arr_usd`` an integer; ``csm_owner`` and ``nps`` empty
   when unknown. It does NOT say which pattern an account was given.
 * ``truth.json`` — the planted ground truth (:meth:`~.fleet.Fleet.truth`).
@@ -17,21 +17,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleetpulse.schemas.accounts import COLUMNS
+
 from .fleet import Account, Fleet, Gateway
 from .generate import topic_prefix
-
-ACCOUNTS_HEADER: tuple[str, ...] = (
-    "customer_id",
-    "name",
-    "segment",
-    "engagement_model",
-    "arr_usd",
-    "contract_start",
-    "renewal_date",
-    "entitled_devices",
-    "csm_owner",
-    "nps",
-)
 
 
 @dataclass(frozen=True)
@@ -47,7 +36,7 @@ def accounts_csv(accounts: tuple[Account, ...]) -> str:
     """The accounts registry as CSV text (``\\n`` line ends, so bytes are reproducible)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(ACCOUNTS_HEADER)
+    writer.writerow(COLUMNS)
     for a in accounts:
         writer.writerow(
             [

@@ -16,7 +16,6 @@ from fleetpulse.devices.simulator.publish import MqttSink
 from fleetpulse.devices.simulator.registry import BrokerSettings, write_outputs
 from fleetpulse.devices.simulator.simulation import SimulationConfig, simulate
 from fleetpulse.errors import FleetPulseError
-from fleetpulse.pipeline.accounts import load_accounts
 from fleetpulse.pipeline.health.config import load_health_model
 from fleetpulse.pipeline.jobs import outputs
 from fleetpulse.pipeline.jobs.backfill import JobConfig
@@ -25,6 +24,7 @@ from fleetpulse.pipeline.lake.lander import Lander, LanderConfig
 from fleetpulse.pipeline.model import Alert, DailySignal
 from fleetpulse.pipeline.report.text import render_portfolio
 from fleetpulse.pipeline.sinks.influx import InfluxConfig
+from fleetpulse.schemas.accounts import load_accounts
 
 from .broker import InProcessBroker
 from .progress import Progress

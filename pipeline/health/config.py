@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from fleetpulse.errors import ConfigError
-from fleetpulse.pipeline.accounts import SEGMENTS
+from fleetpulse.schemas.accounts import SEGMENTS
 
 #: The components the scorer knows how to measure, in display order.
 COMPONENTS = ("adoption", "engagement", "breadth", "reliability", "firmware", "nps")

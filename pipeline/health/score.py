@@ -2,7 +2,7 @@
 
 Pure and deterministic: :func:`score_account` takes the customer's
 :class:`~fleetpulse.pipeline.model.CustomerDay` rows (any order, gaps allowed),
-its CRM :class:`~fleetpulse.pipeline.accounts.Account` (or ``None`` when the
+its CRM :class:`~fleetpulse.schemas.accounts.Account` (or ``None`` when the
 telemetry's customer is missing from the CRM export), the
 :class:`~fleetpulse.pipeline.health.config.HealthModel` and the fleet-wide facts
 in :class:`FleetContext`, and returns one
@@ -69,8 +69,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from fleetpulse.pipeline.accounts import Account
 from fleetpulse.pipeline.model import Alert, Component, CustomerDay, DailySignal
+from fleetpulse.schemas.accounts import Account
 
 from .config import UNKNOWN_SEGMENT, HealthModel
 

@@ -24,7 +24,6 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from fleetpulse.pipeline.accounts import Account
 from fleetpulse.pipeline.health.config import HealthModel
 from fleetpulse.pipeline.health.score import score_account
 from fleetpulse.pipeline.lake.archive import ReadLanding, WriteRawArchive
@@ -40,6 +39,7 @@ from fleetpulse.pipeline.transforms import (
     FleetContextFrom,
     ScoreAccounts,
 )
+from fleetpulse.schemas.accounts import Account
 
 from . import outputs
 from .points import customer_day_point, device_hour_point

@@ -41,10 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve(args: argparse.Namespace):  # -> JobConfig
     """Validate every input without running anything; ConfigError names what is wrong."""
-    from fleetpulse.pipeline.accounts import load_accounts
     from fleetpulse.pipeline.health.config import load_health_model
     from fleetpulse.pipeline.lake.landing import landing_files
     from fleetpulse.pipeline.sinks.influx import InfluxConfig
+    from fleetpulse.schemas.accounts import load_accounts
 
     from .backfill import JobConfig
 

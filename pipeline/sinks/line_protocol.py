@@ -36,6 +36,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from fleetpulse.errors import RejectedInput, quote
+
 #: Bounded reasons for a refused point (counter labels; ``detail`` quotes the value).
 LINE_REASONS = (
     "no_fields",
@@ -69,19 +71,10 @@ _KEY_ESC = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
 _STRING_ESC = str.maketrans({"\\": "\\\\", '"': '\\"'})
 
 
-class InvalidPoint(ValueError):
+class InvalidPoint(RejectedInput):
     """A point that line protocol cannot carry exactly; never written."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        assert reason in LINE_REASONS, reason
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    REASONS = LINE_REASONS
 
 
 def _check_text(what: str, text: str, bad: re.Pattern[str]) -> None:
@@ -90,13 +83,13 @@ def _check_text(what: str, text: str, bad: re.Pattern[str]) -> None:
     if match is not None:
         char = match.group()
         reason = "backslash" if char == "\\" else "control_character"
-        raise InvalidPoint(reason, f"{what} {_short(text)} contains {char!r}")
+        raise InvalidPoint(reason, f"{what} {quote(text)} contains {char!r}")
     if not text.isascii():
         try:
             size = len(text.encode("utf-8"))
         except UnicodeEncodeError as exc:
             raise InvalidPoint(
-                "not_utf8", f"{what} {_short(text)} is not valid Unicode ({exc.reason})"
+                "not_utf8", f"{what} {quote(text)} is not valid Unicode ({exc.reason})"
             ) from None
         if size > MAX_STRING_BYTES:
             raise InvalidPoint("too_long", f"{what} is {size} bytes, at most {MAX_STRING_BYTES}")
@@ -108,7 +101,7 @@ def _name(what: str, text: Any, table: dict[int, str]) -> str:
     """Escape a measurement, key or tag value; refuse what cannot round-trip."""
     if type(text) is not str:
         if not isinstance(text, str):
-            raise InvalidPoint("wrong_type", f"{what} must be a string, got {_short(text)}")
+            raise InvalidPoint("wrong_type", f"{what} must be a string, got {quote(text)}")
         text = str(text)
     if not text.isascii() or len(text) > 256 or _NAME_SPECIAL.search(text):
         _check_text(what, text, _NAME_BAD)
@@ -153,7 +146,7 @@ def _field_value(key: str, value: Any) -> str:
     if isinstance(value, numbers.Real):
         return _field_value(key, float(value))
     raise InvalidPoint(
-        "wrong_type", f"field {key} must be int, float, bool or str, got {_short(value)}"
+        "wrong_type", f"field {key} must be int, float, bool or str, got {quote(value)}"
     )
 
 
@@ -176,11 +169,11 @@ def to_line(
     """
     if not isinstance(measurement, str) or measurement == "":
         raise InvalidPoint(
-            "bad_measurement", f"measurement {_short(measurement)} must be a non-empty string"
+            "bad_measurement", f"measurement {quote(measurement)} must be a non-empty string"
         )
     if measurement[0] == "#":
         raise InvalidPoint(
-            "bad_measurement", f"measurement {_short(measurement)} would be read as a comment"
+            "bad_measurement", f"measurement {quote(measurement)} would be read as a comment"
         )
     parts = [_name("measurement", measurement, _MEASUREMENT_ESC)]
     if tags:
@@ -225,10 +218,10 @@ def to_line(
         else:
             parts.append(f"{text}={_field_value(key, value)}")
     if first:
-        raise InvalidPoint("no_fields", f"{_short(measurement)} point has no fields")
+        raise InvalidPoint("no_fields", f"{quote(measurement)} point has no fields")
     if type(ts_s) is not int:
         if isinstance(ts_s, bool) or not isinstance(ts_s, numbers.Integral):
-            raise InvalidPoint("bad_timestamp", f"ts_s must be integer seconds, got {_short(ts_s)}")
+            raise InvalidPoint("bad_timestamp", f"ts_s must be integer seconds, got {quote(ts_s)}")
         ts_s = int(ts_s)
     if not TS_S_MIN <= ts_s <= TS_S_MAX:
         raise InvalidPoint("bad_timestamp", f"ts_s={ts_s} is outside InfluxDB's time range")

@@ -234,13 +234,8 @@ class _EmitDeviceHourFn(beam.DoFn):
         yield device_hour((customer_id, site_id, gateway_id, device_id), hour_ms, acc)
 
 
-class DeviceHourlyRollups(beam.PTransform):
-    """Lake rows → one :class:`DeviceHour` per device per event-time hour.
-
-    ``window_mode`` (see :data:`WINDOW_MODES`) and ``allowed_lateness_s`` /
-    ``trigger`` / ``accumulation_mode`` are the window policy (see
-    :class:`WindowByEventTime`); a batch job passes ``window_mode="batch"``.
-    """
+class _EventTimeRollup(beam.PTransform):
+    """The window policy both rollups take: ``window_mode`` plus lateness and trigger."""
 
     def __init__(
         self,
@@ -260,6 +255,15 @@ class DeviceHourlyRollups(beam.PTransform):
             trigger=trigger,
             accumulation_mode=accumulation_mode,
         )
+
+
+class DeviceHourlyRollups(_EventTimeRollup):
+    """Lake rows → one :class:`DeviceHour` per device per event-time hour.
+
+    ``window_mode`` (see :data:`WINDOW_MODES`) and ``allowed_lateness_s`` /
+    ``trigger`` / ``accumulation_mode`` are the window policy (see
+    :class:`WindowByEventTime`); a batch job passes ``window_mode="batch"``.
+    """
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         if self._mode == "event_time":
@@ -393,30 +397,11 @@ class _EmitCustomerDayFn(beam.DoFn):
         yield customer_day(customer_id, day, list(acc.values()))
 
 
-class CustomerDailyUsage(beam.PTransform):
+class CustomerDailyUsage(_EventTimeRollup):
     """DeviceHour → one :class:`CustomerDay` per customer per UTC day (event time).
 
     Takes the same window-policy parameters as :class:`DeviceHourlyRollups`.
     """
-
-    def __init__(
-        self,
-        *,
-        window_mode: str = "event_time",
-        allowed_lateness_s: int = 0,
-        trigger: TriggerFn | None = None,
-        accumulation_mode: Any = None,
-        label: str | None = None,
-    ) -> None:
-        super().__init__(label)
-        if window_mode not in WINDOW_MODES:
-            raise ValueError(f"window_mode {window_mode!r} is not one of {WINDOW_MODES}")
-        self._mode = window_mode
-        self._window = dict(
-            allowed_lateness_s=allowed_lateness_s,
-            trigger=trigger,
-            accumulation_mode=accumulation_mode,
-        )
 
     def expand(self, hours: beam.PCollection) -> beam.PCollection:
         if self._mode == "event_time":

@@ -31,8 +31,8 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from fleetpulse.pipeline.accounts import Account
 from fleetpulse.pipeline.model import Alert, CustomerDay, DailySignal
+from fleetpulse.schemas.accounts import Account
 
 from .fleet import FleetContextFrom
 from .rollups import customer_day_size

@@ -1,4 +1,8 @@
-"""The accounts registry: the CRM export that says who the customers are.
+"""The accounts registry contract: the CRM export that says who the customers are.
+
+It lives with the telemetry contract because two sides share it: the
+simulator writes it (``devices/simulator``) and the pipeline joins it as a
+side input.
 
 A CSV with one row per customer (``accounts.csv``; the simulator writes one).
 Columns, in any order, extra columns ignored:
@@ -30,8 +34,22 @@ from datetime import date
 from pathlib import Path
 
 from fleetpulse.errors import ConfigError
-from fleetpulse.schemas import load_contract
 
+from .contract import load_contract
+
+#: the registry's columns, in the order the simulator writes them
+COLUMNS = (
+    "customer_id",
+    "name",
+    "segment",
+    "engagement_model",
+    "arr_usd",
+    "contract_start",
+    "renewal_date",
+    "entitled_devices",
+    "csm_owner",
+    "nps",
+)
 SEGMENTS = ("smb", "mid_market", "enterprise")
 ENGAGEMENT_MODELS = ("digital", "low_touch", "high_touch")
 REQUIRED = (

@@ -7,6 +7,7 @@ into it, so this needs pip to reach PyPI (or its cache) for paho-mqtt.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import venv
 from pathlib import Path
@@ -21,10 +22,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def gateway_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     where = tmp_path_factory.mktemp("gateway-venv")
+    # Install from a copy: pip builds in the source folder and would leave build/ there.
+    source = tmp_path_factory.mktemp("source") / "fleetpulse"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__"))
     venv.EnvBuilder(with_pip=True).create(where)
     python = where / "bin" / "python"
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(ROOT)],
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(source)],
         check=True,
         timeout=600,
     )

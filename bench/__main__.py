@@ -15,6 +15,7 @@ BENCHMARKS = {
     "validation": "bench.bench_validation",
     "line_protocol": "bench.bench_line_protocol",
     "rollups": "bench.bench_rollups",
+    "influx_sink": "bench.bench_influx_sink",
 }
 
 

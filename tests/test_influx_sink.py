@@ -350,10 +350,13 @@ class FakeTransport:
     target: str = "http://fake:8086/write?db=x&precision=s"
     bodies: list[str] = field(default_factory=list)
     closed: int = 0
+    refuse: Callable[[str], SendFailure | None] | None = None  # by content, after the script
 
     def send(self, body: str) -> None:
         self.bodies.append(body)
         failure = self.failures.pop(0) if self.failures else None
+        if failure is None and self.refuse is not None:
+            failure = self.refuse(body)
         if failure is not None:
             raise failure
 
@@ -427,21 +430,41 @@ def test_zero_budget_means_no_retry() -> None:
     assert len(transport.bodies) == 1
 
 
-def test_batches_and_a_refused_batch_does_not_stop_the_others() -> None:
-    refused = SendFailure("rejected", "bad_request", "HTTP 400: field type conflict", status=400)
-    sink, transport, _ = fake_sink([None, refused, None], batch_size=2)
-    points = [device_point("c-1", f"d-{i}", HOUR_S, i) for i in range(5)]
+def test_a_refused_batch_is_bisected_and_only_the_bad_point_is_dropped() -> None:
+    def refuse(body: str) -> SendFailure | None:
+        if "device_id=d-3" in body:
+            return SendFailure(
+                "rejected", "bad_request", "HTTP 400: field type conflict", status=400
+            )
+        return None
+
+    sink, transport, _ = fake_sink([], batch_size=4)
+    transport.refuse = refuse
+    points = [device_point("c-1", f"d-{i}", HOUR_S, i) for i in range(6)]
     result = sink.write_points(points)
-    assert [body.count("\n") + 1 for body in transport.bodies] == [2, 2, 1]
-    assert (result.received, result.sent, result.batches, result.dropped) == (5, 3, 2, 2)
-    [failed] = result.failed
-    assert (failed.index, failed.first_line, failed.line_count, failed.status) == (1, 2, 2, 400)
-    assert "field type conflict" in failed.message and len(failed.lines) == 2
-    assert [(r.point, r.reason) for r in result.rejected] == [
-        (points[2], "server_rejected"),
-        (points[3], "server_rejected"),
+    # Batch 0 (d-0..d-3) refused, then its halves (d-0,d-1 ok; d-2,d-3 refused),
+    # then d-2 ok, d-3 refused alone; batch 1 (d-4, d-5) ok.
+    sent_devices = [
+        [line.split("device_id=")[1].split(",")[0] for line in body.split("\n")]
+        for body in transport.bodies
     ]
-    assert sink.counters.snapshot()["dropped_by_reason"] == {"server_rejected": 2}
+    assert sent_devices == [
+        ["d-0", "d-1", "d-2", "d-3"],
+        ["d-0", "d-1"],
+        ["d-2", "d-3"],
+        ["d-2"],
+        ["d-3"],
+        ["d-4", "d-5"],
+    ]
+    assert (result.received, result.sent, result.dropped) == (6, 5, 1)
+    assert (result.batches, result.splits, result.errors, result.retries) == (3, 2, 3, 0)
+    [failed] = result.failed
+    assert (failed.index, failed.first_line, failed.line_count, failed.status) == (0, 3, 1, 400)
+    assert failed.message == "HTTP 400: field type conflict" and len(failed.lines) == 1
+    assert result.rejected == [(points[3], "server_rejected", "HTTP 400: field type conflict")]
+    counters = sink.counters.snapshot()
+    assert counters["dropped_by_reason"] == {"server_rejected": 1}
+    assert (counters["sent"], counters["dropped"], counters["splits"]) == (5, 1, 2)
 
 
 def test_invalid_points_are_counted_and_the_rest_written() -> None:
@@ -836,7 +859,9 @@ def test_v1_replay_with_a_new_band_overwrites_instead_of_adding(
 
 
 @pytest.mark.integration
-def test_v1_type_conflict_fails_only_its_batch(influx_fleet: tuple[int, InfluxSink]) -> None:
+def test_v1_type_conflict_drops_only_the_conflicting_line(
+    influx_fleet: tuple[int, InfluxSink],
+) -> None:
     port, _ = influx_fleet
     config = InfluxConfig(
         url=f"http://127.0.0.1:{port}", api_version=1, database="fleet", batch_size=2
@@ -846,13 +871,12 @@ def test_v1_type_conflict_fails_only_its_batch(influx_fleet: tuple[int, InfluxSi
         result = sink.write_lines(
             ["conflict v=2i 2", "conflict v=3i 3", "conflict v=4.5 4", "conflict v=5i 5"]
         )
+    assert (result.sent, result.dropped, result.splits) == (3, 1, 1)
     [failed] = result.failed
-    assert (failed.index, failed.first_line, failed.status) == (1, 2, 400)
-    assert "field type conflict" in failed.message
+    assert (failed.index, failed.first_line, failed.line_count, failed.status) == (1, 2, 1, 400)
+    assert list(failed.lines) == ["conflict v=4.5 4"] and "field type conflict" in failed.message
     rows = influxql(port, "SELECT v FROM conflict", db="fleet")
-    # influxd 1.x keeps the good points of a refused batch ("partial write"); a
-    # later replay of the whole batch is harmless because points overwrite.
-    assert [r["time"] for r in rows] == [1, 2, 3, 5]
+    assert [(r["time"], r["v"]) for r in rows] == [(1, 1), (2, 2), (3, 3), (5, 5)]
 
 
 @pytest.mark.integration

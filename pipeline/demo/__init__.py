@@ -13,6 +13,7 @@ Every run starts from an empty lake, so the same seed gives the same table.
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 
@@ -27,7 +28,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    root = logging.getLogger()
+    if not args.no_progress and root.level > logging.DEBUG:
+        # The progress display is the demo's output: keep the 29 collectors' and
+        # Beam's INFO lines (and Beam's import-time notes on optional GCP
+        # libraries) out of it. --log-level DEBUG or --no-progress show them.
+        root.setLevel(logging.ERROR)
     from .orchestrate import DemoConfig, run_demo
+
+    if root.level == logging.ERROR:
+        root.setLevel(logging.WARNING)
 
     result = run_demo(
         DemoConfig(

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +58,25 @@ class DemoResult:
 
 class DemoError(FleetPulseError):
     pass
+
+
+@contextmanager
+def stderr_to(path: Path) -> Iterator[None]:
+    """Send file descriptor 2 (ours and the Beam worker processes') to ``path`` meanwhile.
+
+    The local runner's worker processes inherit our stderr and log their
+    start-up there; the demo keeps that out of its progress display.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _wait(condition: Any, timeout_s: float, what: str, tick: Any = None) -> None:
@@ -141,7 +163,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
         lake=str(lake), out=str(signals_dir),
         accounts=load_accounts(paths.accounts), model=load_health_model(None), influx=influx,
     )
-    result = run_job(job, [])
+    with stderr_to(out / "beam.log"):
+        result = run_job(job, [])
     job_counters = counters(result)
     signals = outputs.read_signals(signals_dir)
     latest = outputs.latest_per_customer(signals)
@@ -153,7 +176,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
     report = "\n".join([
         render_portfolio(latest, alerts),
         "",
-        f"Signals: {signals_dir}/signals/*.parquet   Alerts: {signals_dir}/alerts.jsonl",
+        f"Signals: {signals_dir}/signals/*.parquet   Alerts: {signals_dir}/alerts.jsonl   "
+        f"Beam log: {out}/beam.log",
         f"Dead letters: gateways {sim_dir}/gateways/dead-letters/, pipeline {signals_dir}/dead_letters.jsonl",
         f"Explain one account: fleetpulse health --out {signals_dir} --customer {worst}",
     ])

@@ -83,7 +83,12 @@ def local_beam_args() -> list[str]:
     offline and would change engines silently online.
     """
     workers = max(1, min(os.cpu_count() or 1, 4))
-    return ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+    return [
+        "--runner=FnApiRunner",
+        "--direct_running_mode=multi_processing",
+        f"--direct_num_workers={workers}",
+        "--default_sdk_harness_log_level=WARNING",
+    ]
 
 
 def run_job(config, beam_args: list[str]):  # -> apache_beam.runners.runner.PipelineResult

@@ -45,6 +45,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("land", "fleetpulse.pipeline.lake.cli", "land central-broker batches in the Parquet lake", (PIPELINE,)),
     Command("backfill", "fleetpulse.pipeline.jobs.cli", "batch job over the lake: rollups, signals, alerts", (PIPELINE,)),
     Command("health", "fleetpulse.pipeline.report.cli", "print the portfolio table or one account explained", (PIPELINE,)),
+    Command("retention", "fleetpulse.pipeline.analytics.cli", "usage retention by cohort and segment, and CSM coverage", (PIPELINE,)),
+    Command("report", "fleetpulse.pipeline.report.html_cli", "a self-contained HTML portfolio report", (PIPELINE,)),
     Command("demo", "fleetpulse.pipeline.demo", "the whole path on embedded defaults", (PIPELINE, DEMO)),
 )
 

@@ -101,6 +101,10 @@ class DailySignal:
     stage: str  # onboarding / adopting / mature / renewal_window / at_risk / churned
     driver: str  # the component that costs the most points
     components: tuple[Component, ...]
+    #: days from the first device online to the first trustworthy day with adoption
+    #: at the time-to-value share (lifecycle.ttv_active_share); None until reached,
+    #: and None when the scored span began after the contract start (onboarding not seen)
+    time_to_value_days: int | None = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ class Alert:
 
     customer_id: str
     day: str
-    kind: str  # band_worsened / usage_drop / gateway_offline
+    kind: str  # band_worsened / usage_drop / gateway_offline / expansion_csql
     severity: str  # info / warning / critical
     title: str
     explanation: str  # what changed and why, naming the driving component

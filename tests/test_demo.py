@@ -63,6 +63,18 @@ def test_sudden_drop_raises_a_usage_alert_with_its_explanation(demo):
         assert all("Coverage" in a.explanation and a.driver in a.explanation for a in alerts)
 
 
+def test_expansion_accounts_raise_a_csql_and_onboarding_time_to_value_is_measured(demo):
+    latest = {s.customer_id: s for s in demo.latest}
+    leads = {a.customer_id for a in demo.alerts if a.kind == "expansion_csql"}
+    patterns = demo.truth["patterns"]
+    assert set(patterns["expansion"]) <= leads
+    assert not leads & set(patterns["steady"] + patterns["stalled_onboarding"] + patterns["sudden_drop"])
+    for customer in patterns["fast_onboarding"]:
+        assert latest[customer].time_to_value_days is not None and latest[customer].time_to_value_days <= 21
+    for customer in patterns["stalled_onboarding"]:
+        assert latest[customer].time_to_value_days is None
+
+
 def test_nothing_lost_between_simulator_and_pipeline(demo):
     counters = demo.counters
     assert demo.dead_letters_at_gateways == 2 * 60  # --malformed-per-day 2, all caught at the gateways

@@ -107,7 +107,7 @@ def test_steady_account_scores_full_marks_and_weights_sum_to_one(model: HealthMo
     assert sum(c.weight for c in last.components) == pytest.approx(1.0)
     assert sum(c.contribution for c in last.components) == pytest.approx(last.health)
     assert comp(last, "nps").value is None  # no answer in the CRM
-    assert alerts == []
+    assert alerts == []  # every entitled device in use is not yet more than was bought
 
 
 def test_adoption_counts_distinct_active_devices_over_seven_days(model: HealthModel) -> None:
@@ -409,3 +409,42 @@ def test_alert_explanation_shows_low_coverage_and_new_trend(model: HealthModel) 
     assert kinds(alerts) == [(iso(1), "gateway_offline")]
     assert "no trend yet (first week)" in alerts[0].explanation
     assert "(low: data incomplete)" in alerts[0].explanation
+
+
+def test_expansion_lead_needs_saturation_sustained_on_trustworthy_days(model: HealthModel) -> None:
+    # 3 entitled, 4 devices in use: 133% of the entitlement, every day.
+    over = account(entitled_devices=3)
+    rows = [cday(i) for i in range(10)]
+    rows += [cday(10, heartbeats=0)]  # an outage day: not evidence either way, the run is frozen
+    rows += [cday(i) for i in range(11, 40)]
+    signals, alerts = score_account(over, rows, model, fleet(0, 39), "acme")
+    leads = [a for a in alerts if a.kind == "expansion_csql"]
+    # 14 trustworthy saturated days: 0-9 and 11-14 (day 10 does not count).
+    assert kinds(leads) == [(iso(14), "expansion_csql")]
+    assert "4 of 3 entitled devices active" in leads[0].explanation
+    assert "1 more device in use than bought" in leads[0].explanation
+    assert leads[0].severity == "info" and "CS-qualified lead" in leads[0].explanation
+
+    # Dropping below the entitlement ends the lead; saturating again re-raises it.
+    rows = [cday(i) for i in range(20)]
+    rows += [cday(i, active=("d1",)) for i in range(20, 30)]
+    rows += [cday(i) for i in range(30, 60)]
+    _, alerts = score_account(over, rows, model, fleet(0, 59), "acme")
+    # Adoption is a 7-day window: it falls below the entitlement on day 27 (days 21-27 only d1)
+    # and is saturated again from day 30, so the second lead comes 14 days later, on day 43.
+    assert [a.day for a in alerts if a.kind == "expansion_csql"] == [iso(13), iso(43)]
+
+
+def test_time_to_value_counts_days_from_first_device_to_the_adoption_share(model: HealthModel) -> None:
+    onboarding = account(contract_start=START, entitled_devices=4)
+    # One more device rolled out every 5 days: 1 → 4 devices; 80% of 4 is reached with 4 devices.
+    rows = [cday(i, devices=DEVICES[: 1 + i // 5]) for i in range(20)]
+    rows += [cday(i) for i in range(20, 30)]
+    signals, _ = score_account(onboarding, rows, model, fleet(0, 29), "acme")
+    days = by_day(signals)
+    assert days[iso(14)].time_to_value_days is None  # 3 of 4 = 75% < 80%
+    assert days[iso(15)].time_to_value_days == 15  # the 4th device on day 15
+    assert days[iso(29)].time_to_value_days == 15  # it stays the first time, not today's
+    # An account deployed before the telemetry began: its onboarding was not seen.
+    signals, _ = score_account(account(), [cday(i) for i in range(10)], model, fleet(0, 9), "acme")
+    assert {s.time_to_value_days for s in signals} == {None}

@@ -116,6 +116,10 @@ class CoveragePolicy:
 class AlertPolicy:
     usage_drop_pct: float = 40.0
     usage_drop_min_days: int = 3
+    #: expansion_csql: adoption (active ÷ entitled) above this share ...
+    expansion_utilisation: float = 1.0
+    #: ... on this many consecutive trustworthy days
+    expansion_days: int = 14
 
 
 @dataclass(frozen=True)
@@ -382,9 +386,14 @@ class _Parser:
         )
 
     def alerts(self, value: Any) -> AlertPolicy:
-        body = self.mapping(value, "alerts", ("usage_drop_pct", "usage_drop_min_days"))
+        body = self.mapping(value, "alerts", (
+            "usage_drop_pct", "usage_drop_min_days", "expansion_utilisation", "expansion_days"))
         d = AlertPolicy()
         return AlertPolicy(
+            expansion_utilisation=self.number(
+                body.get("expansion_utilisation", d.expansion_utilisation), "alerts.expansion_utilisation",
+                0, 10, low_open=True),
+            expansion_days=self.integer(body.get("expansion_days", d.expansion_days), "alerts.expansion_days", 1),
             usage_drop_pct=self.number(body.get("usage_drop_pct", d.usage_drop_pct),
                                        "alerts.usage_drop_pct", 0, 100, low_open=True),
             usage_drop_min_days=self.integer(body.get("usage_drop_min_days", d.usage_drop_min_days),

@@ -65,6 +65,7 @@ Rules a CSM or CS Ops reader may need (the YAML names the numbers):
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -195,6 +196,13 @@ class _Scorer:
         self.segment = account.segment if account else UNKNOWN_SEGMENT
         self.entitled = account.entitled_devices if account else 0
         self._coverage: dict[date, tuple[float, frozenset[str]]] = {}
+        # Time to value is measured only when the scored span began on or before
+        # the contract start: then the first data day is the first device online.
+        # For an account already deployed when the span began, that day is unknown.
+        self.onboarding_seen = bool(
+            account is not None and fleet.first_day
+            and date.fromisoformat(fleet.first_day) <= account.contract_start
+        )
 
     # ---- raw facts per day -------------------------------------------------------------
 
@@ -364,6 +372,8 @@ class _Scorer:
         health_by_day: dict[date, float] = {}
         last_trusted_band: str | None = None
         dropping = False
+        saturated_days, expanding = 0, False
+        ttv_day: date | None = None
         silent_alerted: frozenset[str] = frozenset()
         signals: list[DailySignal] = []
         alerts: list[Alert] = []
@@ -385,7 +395,13 @@ class _Scorer:
                 if spec.name in model.coverage.hold_components:
                     measure = self.hold(spec.name, measure, day, low, coverage, held)
                 measures[spec.name] = measure
+            adoption = measures["adoption"].value if "adoption" in measures else None
+            if ttv_day is None and self.onboarding_seen and not low and adoption is not None \
+                    and adoption >= model.lifecycle.ttv_active_share:
+                ttv_day = day
             signal = self.signal(day, measures, coverage, known, low, health_by_day)
+            if ttv_day is not None and self.data_days:
+                signal = dataclasses.replace(signal, time_to_value_days=(ttv_day - self.data_days[0]).days)
             health_by_day[day] = signal.health
             measurable = any(c.weight > 0 for c in signal.components)
 
@@ -400,6 +416,15 @@ class _Scorer:
                     if now_dropping and not dropping:
                         raised.append(self.drop_alert(signal, *drop))
                     dropping = now_dropping
+                # Expansion: saturated entitlement, sustained. Counted on trustworthy
+                # days only (a held value is not evidence of more use).
+                if adoption is not None and adoption > model.alerts.expansion_utilisation:
+                    saturated_days += 1
+                    if saturated_days >= model.alerts.expansion_days and not expanding:
+                        raised.append(self.expansion_alert(signal, saturated_days))
+                        expanding = True
+                else:
+                    saturated_days, expanding = 0, False
             if silent and set(silent) - silent_alerted:
                 raised.append(self.offline_alert(signal, silent, set(silent) - silent_alerted))
             silent_alerted = frozenset(silent)
@@ -577,6 +602,19 @@ class _Scorer:
                           f"{quantity} averaged {_num(now)} per day over the last {days} trustworthy days, "
                           f"{drop_pct:.0f}% below the baseline of {_num(base)} per day "
                           f"(alert at {self.model.alerts.usage_drop_pct:.0f}%).")
+
+    def expansion_alert(self, signal: DailySignal, days: int) -> Alert:
+        entitled, active = signal.entitled_devices, signal.active_devices
+        extra = active - entitled
+        beyond = f"; {extra} more device{'s' if extra != 1 else ''} in use than bought" if extra > 0 else ""
+        return self.alert(
+            signal, "expansion_csql", "info",
+            f"Expansion lead: {_pct(signal.adoption)} of the entitlement in use for {days} days",
+            f"{active} of {entitled} entitled devices active in the last {self.model.window_days} days "
+            f"({_pct(signal.adoption)}), above {_pct(self.model.alerts.expansion_utilisation)} on "
+            f"{days} consecutive trustworthy days{beyond}. A CS-qualified lead for Sales: the customer "
+            f"is likely to need more devices or a higher tier.",
+        )
 
     def offline_alert(self, signal: DailySignal, silent: dict[str, date], new: set[str]) -> Alert:
         last_seen = "; ".join(f"{gw} last seen {_iso(silent[gw])}" for gw in sorted(silent)[:MAX_NAMED])

@@ -57,6 +57,7 @@ SIGNAL_SCHEMA = pa.schema(
         ("stage", pa.string()),
         ("driver", pa.string()),
         ("components", pa.list_(COMPONENT)),
+        ("time_to_value_days", pa.int64()),
     ]
 )
 

@@ -68,6 +68,8 @@ def customer_day_point(signal: DailySignal) -> dict[str, Any]:
     }
     # A measure that could not be computed is left out, never written as 0.
     fields.update((key, float(value)) for key, value in optional.items() if value is not None)
+    if signal.time_to_value_days is not None:
+        fields["time_to_value_days"] = signal.time_to_value_days
     for component in signal.components:
         fields[f"c_{component.name}_score"] = float(component.score)
         fields[f"c_{component.name}_contribution"] = float(component.contribution)

@@ -126,7 +126,8 @@ def render_account(history: list[DailySignal]) -> str:
         f"{s.customer_id} ({s.segment}{csm}) on {s.day}",
         f"Health {s.health:.1f} {s.band}, trend {trend}, stage {s.stage}",
         f"Devices: {s.entitled_devices} entitled, {s.known_devices} known, {s.active_devices} active; "
-        f"adoption {percent(s.adoption)}",
+        f"adoption {percent(s.adoption)}; time to value "
+        + ("not reached yet" if s.time_to_value_days is None else f"{s.time_to_value_days} days"),
         f"Coverage {coverage_cell(s)} of expected heartbeats"
         + (" - usage components may be held at their last trustworthy values" if s.low_coverage else ""),
         f"Driver: {s.driver}",

@@ -75,6 +75,15 @@ def test_expansion_accounts_raise_a_csql_and_onboarding_time_to_value_is_measure
         assert latest[customer].time_to_value_days is None
 
 
+def test_writes_the_html_report_and_usage_retention(demo):
+    page = (demo.out / "report" / "index.html").read_text("utf-8")
+    assert all(s.customer_id in page for s in demo.latest) and 'id="retention"' in page
+    retention = json.loads((demo.out / "retention.json").read_text("utf-8"))
+    by_group = {(r["dimension"], r["group"]): r for r in retention["retention"]}
+    assert by_group[("segment", "all")]["accounts"] == len(demo.latest)
+    assert str(demo.out / "report" / "index.html") in demo.report
+
+
 def test_nothing_lost_between_simulator_and_pipeline(demo):
     counters = demo.counters
     assert demo.dead_letters_at_gateways == 2 * 60  # --malformed-per-day 2, all caught at the gateways

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,34 @@ def stderr_to(path: Path) -> Iterator[None]:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def write_report(out: Path, lake: Path, accounts: Path, signals: list[DailySignal], alerts: list[Alert],
+                 quantity: str, days: int) -> Path:
+    """Usage retention (first half of the span against the second) and the HTML report."""
+    from datetime import UTC, datetime
+
+    from fleetpulse.pipeline.analytics.retention import compute_retention
+    from fleetpulse.pipeline.analytics.usage import Period, open_archive, period_usage
+    from fleetpulse.pipeline.report.html import render_html
+
+    first = date.fromisoformat(min(s.day for s in signals))
+    last = date.fromisoformat(max(s.day for s in signals))
+    half = max(1, (last - first).days // 2)
+    base = Period(first, first + timedelta(days=half - 1))
+    compare = Period(first + timedelta(days=half), last)
+    archive = open_archive(lake)
+    retention = compute_retention(
+        load_accounts(accounts), period_usage(archive, base, quantity), period_usage(archive, compare, quantity),
+        base, compare, quantity=quantity,
+    )
+    (out / "retention.json").write_text(json.dumps(retention.as_dict(), indent=2) + "\n", encoding="utf-8")
+    page = render_html(signals, alerts, title=f"FleetPulse demo portfolio ({days} days)",
+                       generated_at=datetime.now(UTC), retention=retention.as_dict())
+    target = out / "report" / "index.html"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(page, encoding="utf-8")
+    return target
 
 
 def _wait(condition: Any, timeout_s: float, what: str, tick: Any = None) -> None:
@@ -172,6 +201,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
     progress.done(f"{len(signals):,} customer-days scored, {len(alerts)} alerts"
                   + (f", written to InfluxDB at {influx.url}" if influx else ""))
 
+    report_path = write_report(out, lake, paths.accounts, signals, alerts, job.model.usage_quantity, config.days)
+
     worst = min(latest, key=lambda s: s.health).customer_id if latest else "ID"
     report = "\n".join([
         render_portfolio(latest, alerts),
@@ -180,6 +211,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         f"Beam log: {out}/beam.log",
         f"Dead letters: gateways {sim_dir}/gateways/dead-letters/, pipeline {signals_dir}/dead_letters.jsonl",
         f"Explain one account: fleetpulse health --out {signals_dir} --customer {worst}",
+        f"Portfolio report (open in a browser): {report_path}",
     ])
     return DemoResult(
         out=out,

@@ -12,6 +12,7 @@ import json
 import pytest
 
 from fleetpulse.pipeline.demo.orchestrate import DemoConfig, run_demo
+from fleetpulse.pipeline.jobs import outputs
 
 pytestmark = pytest.mark.slow
 
@@ -73,6 +74,22 @@ def test_expansion_accounts_raise_a_csql_and_onboarding_time_to_value_is_measure
         assert latest[customer].time_to_value_days is not None and latest[customer].time_to_value_days <= 21
     for customer in patterns["stalled_onboarding"]:
         assert latest[customer].time_to_value_days is None
+
+
+def test_firmware_spike_is_a_product_issue_not_charged_to_customers(demo):
+    spike = demo.truth["firmware_spike"]
+    history = outputs.read_signals(demo.out / "signals")
+    during = [s for s in history if spike["first_day"] <= s.day <= spike["last_day"]]
+    flagged = {
+        s.customer_id
+        for s in during
+        if f"on firmware {spike['version']} not charged: fleet-wide product issue"
+        in next(c for c in s.components if c.name == "reliability").detail
+    }
+    assert len(flagged) >= 3  # seen across many customers: a product issue
+    for s in during:
+        if s.customer_id in demo.truth["patterns"]["steady"]:
+            assert next(c for c in s.components if c.name == "reliability").score >= 75, s.customer_id
 
 
 def test_writes_the_html_report_and_usage_retention(demo):

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,15 @@ from fleetpulse.devices.simulator.publish import MqttSink
 from fleetpulse.devices.simulator.registry import BrokerSettings, write_outputs
 from fleetpulse.devices.simulator.simulation import SimulationConfig, simulate
 from fleetpulse.errors import FleetPulseError
+from fleetpulse.pipeline.analytics.retention import compute_retention
+from fleetpulse.pipeline.analytics.usage import Period, open_archive, period_usage
 from fleetpulse.pipeline.health.config import load_health_model
 from fleetpulse.pipeline.jobs import outputs
 from fleetpulse.pipeline.jobs.backfill import JobConfig
 from fleetpulse.pipeline.jobs.cli import counters, run_job
 from fleetpulse.pipeline.lake.lander import Lander, LanderConfig
 from fleetpulse.pipeline.model import Alert, DailySignal
+from fleetpulse.pipeline.report.html import render_html
 from fleetpulse.pipeline.report.text import render_portfolio
 from fleetpulse.pipeline.sinks.influx import InfluxConfig
 from fleetpulse.schemas.accounts import load_accounts
@@ -83,12 +86,6 @@ def stderr_to(path: Path) -> Iterator[None]:
 def write_report(out: Path, lake: Path, accounts: Path, signals: list[DailySignal], alerts: list[Alert],
                  quantity: str, days: int) -> Path:
     """Usage retention (first half of the span against the second) and the HTML report."""
-    from datetime import UTC, datetime
-
-    from fleetpulse.pipeline.analytics.retention import compute_retention
-    from fleetpulse.pipeline.analytics.usage import Period, open_archive, period_usage
-    from fleetpulse.pipeline.report.html import render_html
-
     first = date.fromisoformat(min(s.day for s in signals))
     last = date.fromisoformat(max(s.day for s in signals))
     half = max(1, (last - first).days // 2)
@@ -99,9 +96,10 @@ def write_report(out: Path, lake: Path, accounts: Path, signals: list[DailySigna
         load_accounts(accounts), period_usage(archive, base, quantity), period_usage(archive, compare, quantity),
         base, compare, quantity=quantity,
     )
-    (out / "retention.json").write_text(json.dumps(retention.as_dict(), indent=2) + "\n", encoding="utf-8")
+    figures = retention.as_dict()
+    (out / "retention.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
     page = render_html(signals, alerts, title=f"FleetPulse demo portfolio ({days} days)",
-                       generated_at=datetime.now(UTC), retention=retention.as_dict())
+                       generated_at=datetime.now(UTC), retention=figures)
     target = out / "report" / "index.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(page, encoding="utf-8")

@@ -199,7 +199,12 @@ class MeasurementSpec:
                 raise DesignViolation(
                     "wrong_type", f"{self.name}.{key} is a float field, got {quote(value)}"
                 )
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond the float range (about 1.8e308)
+                raise DesignViolation(
+                    "out_of_range", f"{self.name}.{key}={quote(value)} does not fit a float"
+                ) from None
         elif kind == "bool":
             if not isinstance(value, bool):
                 raise DesignViolation(

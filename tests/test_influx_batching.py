@@ -23,11 +23,13 @@ import pytest
 
 from fleetpulse.pipeline.sinks.influx import (
     InfluxConfig,
+    InfluxRefused,
     InfluxSink,
     SendFailure,
     V1HttpTransport,
     WriteResult,
     open_sink,
+    points_to_lines,
 )
 
 from . import servers
@@ -113,6 +115,110 @@ def test_the_split_budget_bounds_the_requests_and_drops_the_rest_whole() -> None
     assert sum(f.line_count for f in result.failed) == 64
     assert sorted(f.first_line for f in result.failed) == [f.first_line for f in result.failed]
     assert any("split budget" in f.message for f in result.failed if f.line_count > 1)
+
+
+# ------------------------------------------ unit: encoding overlapped with sending
+class Touched(dict[str, Any]):
+    """A point that notes when the encoder reads it (the encoder reads the measurement first)."""
+
+    def __init__(self, point: dict[str, Any], log: list[Any]) -> None:
+        super().__init__(point)
+        self.log = log
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "measurement":
+            self.log.append(self)
+        return super().__getitem__(key)
+
+
+@dataclass
+class WatchingTransport:
+    """Accepts every body; notes how many points were encoded and which thread sent it."""
+
+    encoded: list[Any]
+    size: int
+    target: str = "http://fake:8086/write?db=x&precision=s"
+    bodies: list[str] = field(default_factory=list)
+    encoded_at_send: list[int] = field(default_factory=list)
+    threads: set[str] = field(default_factory=set)
+    fail_at: int | None = None  # refuses (401) the request with this number
+    wait_for_batch_1: bool = True
+
+    def send(self, body: str) -> None:
+        self.threads.add(threading.current_thread().name)
+        if not self.encoded_at_send and self.wait_for_batch_1:
+            wait_until(
+                lambda: len(self.encoded) >= 2 * self.size,
+                timeout_s=10,
+                what="batch 1 encoded while batch 0 is being sent",
+            )
+        self.encoded_at_send.append(len(self.encoded))
+        if len(self.bodies) == self.fail_at:
+            raise SendFailure("terminal", "auth", "HTTP 401: unauthorized", status=401)
+        self.bodies.append(body)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def watched(size: int, **kwargs: Any) -> tuple[InfluxSink, WatchingTransport]:
+    transport = WatchingTransport([], size, **kwargs)
+    config = InfluxConfig(url="http://fake:8086", api_version=1, database="x", batch_size=size)
+    return InfluxSink(config, transport=transport), transport
+
+
+def test_the_next_batch_is_encoded_while_one_is_sent_and_no_further() -> None:
+    size = 100
+    sink, transport = watched(size)
+    plain = many_points(5 * size + 3)
+    result = sink.write_points([Touched(p, transport.encoded) for p in plain])
+    assert (result.sent, result.batches, result.dropped) == (5 * size + 3, 6, 0)
+    # Batch 1 was encoded during the send of batch 0, and then the encoder waited.
+    assert transport.encoded_at_send[0] == 2 * size
+    assert all(n <= (k + 2) * size for k, n in enumerate(transport.encoded_at_send))
+    assert transport.threads == {"influx-sink-send_0"}
+    # The same requests, in the same order, as encoding everything first.
+    lines = points_to_lines(plain)[0]
+    assert transport.bodies == ["\n".join(lines[i : i + size]) for i in range(0, len(lines), size)]
+
+
+def test_one_batch_is_sent_from_the_calling_thread() -> None:
+    sink, transport = watched(100, wait_for_batch_1=False)
+    assert sink.write_points(many_points(100)).sent == 100
+    assert transport.threads == {threading.current_thread().name}
+
+
+def test_a_refusal_mid_call_stops_sending_and_every_point_is_still_counted() -> None:
+    size = 100
+    sink, transport = watched(size, fail_at=1, wait_for_batch_1=False)
+    points = many_points(450)
+    for i in (10, 250, 420):
+        points[i]["fields"]["records"] = -1  # out_of_range: refused before sending
+    with pytest.raises(InfluxRefused) as caught:
+        sink.write_points(points)
+    assert caught.value.batch_index == 1 and caught.value.sent == size
+    assert len(transport.bodies) == 1 and len(transport.encoded_at_send) == 2
+    # As when everything was encoded before the first send: all 450 received, 3 refused.
+    counters = sink.counters.snapshot()
+    assert (counters["received"], counters["sent"], counters["dropped"]) == (450, size, 3)
+    assert counters["dropped_by_reason"] == {"out_of_range": 3}
+
+
+def test_a_server_refusal_in_a_later_batch_is_isolated_and_reported_in_order() -> None:
+    points = many_points(350)
+    points[5]["fields"]["active"] = 2  # refused by the design
+    transport = RefusingTransport(("records=250i,",))
+    config = InfluxConfig(url="http://fake:8086", api_version=1, database="x", batch_size=100)
+    sink = InfluxSink(config, transport=transport)
+    result = sink.write_points(points)
+    assert (result.sent, result.dropped) == (348, 2)
+    [failed] = result.failed
+    assert (failed.index, failed.first_line, failed.line_count) == (2, 249, 1)
+    assert [(r.point, r.reason) for r in result.rejected] == [
+        (points[5], "out_of_range"),
+        (points[250], "server_rejected"),
+    ]
+    assert sink.counters.dropped_by_reason == {"out_of_range": 1, "server_rejected": 1}
 
 
 # ------------------------------------------------- 413 from a real HTTP server

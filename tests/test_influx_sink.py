@@ -13,6 +13,7 @@ import base64
 import gzip
 import json
 import logging
+import math
 import shutil
 import ssl
 import subprocess
@@ -20,13 +21,17 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleetpulse.errors import ConfigError
 from fleetpulse.pipeline.sinks.influx import (
@@ -35,13 +40,15 @@ from fleetpulse.pipeline.sinks.influx import (
     InfluxRefused,
     InfluxSink,
     InfluxUnavailable,
+    PointEncoder,
     SendFailure,
     open_sink,
     parse_retry_after,
     points_to_lines,
     server_message,
 )
-from fleetpulse.schemas.influx import load_influx_design
+from fleetpulse.pipeline.sinks.line_protocol import TS_S_MAX, InvalidPoint, to_line
+from fleetpulse.schemas.influx import DesignViolation, load_influx_design
 
 from .servers import Server, free_port, wait_until
 
@@ -219,6 +226,167 @@ def test_design_tags_and_fields_are_disjoint_and_units_come_from_the_contract() 
     assert [m for m in DESIGN.measurements if "device_id" in DESIGN.measurements[m].tags] == [
         "fp_device_hourly"
     ]
+
+
+# ---------------------------------------------------------- per-shape encoder
+def checked_path(point: Any) -> str | tuple[str, str]:
+    """What the sink wrote before the per-shape encoder: design.check, then to_line."""
+    try:
+        measurement, fields, ts_s = point["measurement"], point["fields"], point["ts_s"]
+        tags = point.get("tags") or {}
+    except (KeyError, TypeError, AttributeError):
+        return ("not_a_point", "expected a dict with measurement, tags, fields, ts_s")
+    if not isinstance(tags, Mapping) or not isinstance(fields, Mapping):
+        return ("not_a_point", "tags and fields must be mappings")
+    try:
+        tags, fields, ts_s = DESIGN.check(measurement, tags, fields, ts_s)
+        return to_line(measurement, tags, fields, ts_s)
+    except (DesignViolation, InvalidPoint) as exc:
+        return (exc.reason, exc.detail)
+
+
+def encoded(encoder: PointEncoder, points: list[Any]) -> list[str | tuple[str, str]]:
+    """Each point's line or (reason, detail), in order, from one encode() call."""
+    lines, kept, rejected = encoder.encode(points)
+    outcome: dict[int, str | tuple[str, str]] = {
+        id(p): line for p, line in zip(kept, lines, strict=True)
+    }
+    outcome.update({id(r.point): (r.reason, r.detail) for r in rejected})
+    assert len(outcome) == len(points)
+    return [outcome[id(p)] for p in points]
+
+
+class Loud(str):
+    """A str that prints differently from its value: equal is not the same."""
+
+    def __str__(self) -> str:
+        return self.upper()
+
+    def __format__(self, spec: str) -> str:
+        return self.upper()
+
+
+TAG_VALUES = [
+    "c-1", "c-2", "", None, 7, "bad id", "a\nb", "a\\b", "x" * 65, "é", "Dana, W=x y",
+    "nel\x85", Loud("c-1"), "\ud800",
+]  # fmt: skip
+FIELD_VALUES = [
+    0, 1, 2, 3, -1, 2**63 - 1, 2**63, -(2**63) - 1, 10**30, True, False, 0.0, -0.0, 0.5, 99.5,
+    100.0, 1e308, -1.0, math.inf, -math.inf, math.nan, "green", "purple", "adopting", 'a"b',
+    "a\\b", "a\nb", "x" * 70, "", "日本", None, Fraction(1, 4), Loud("green"),
+]  # fmt: skip
+FIELD_KEYS = [
+    "records", "active", "fw", "runtime_s", "energy_kWh", "health", "band", "band_rank",
+    "trend_delta", "low_coverage", "stage", "c_adoption_score", "colour", "time", "",
+]  # fmt: skip
+TIMESTAMPS = [HOUR_S * 5, DAY_S * 3, HOUR_S + 1, 3600.0, True, (TS_S_MAX // DAY_S + 1) * DAY_S]
+
+mutations = st.one_of(
+    st.tuples(st.just("tag"), st.sampled_from(["customer_id", "csm", "device_id", "x"]),
+              st.sampled_from(TAG_VALUES)),
+    st.tuples(st.just("field"), st.sampled_from(FIELD_KEYS), st.sampled_from(FIELD_VALUES)),
+    st.tuples(st.just("drop"), st.sampled_from(FIELD_KEYS + ["customer_id"]), st.none()),
+    st.tuples(st.just("ts"), st.none(), st.sampled_from(TIMESTAMPS)),
+    st.tuples(st.just("other"), st.sampled_from(["proxy", "measurement", "Loud"]), st.none()),
+)  # fmt: skip
+
+
+def mutated(kind: str, n: int, changes: list[tuple[str, Any, Any]]) -> dict[str, Any]:
+    point = (
+        device_point(f"c-{n}", f"d-{n}", HOUR_S * (n + 1), n)
+        if kind == "device"
+        else customer_point(f"c-00{n}", DAY_S * (n + 1), n)
+    )
+    proxy = False
+    for change, key, value in changes:
+        if change == "tag":
+            point["tags"][key] = value
+        elif change == "field":
+            point["fields"][key] = value
+        elif change == "drop":
+            point["tags"].pop(key, None)
+            point["fields"].pop(key, None)
+        elif change == "ts":
+            point["ts_s"] = value
+        elif key == "proxy":
+            proxy = True
+        elif key == "measurement":
+            point["measurement"] = "fp_other"
+        else:
+            point["measurement"] = Loud(point["measurement"])
+    if proxy:  # a mapping that is not a dict
+        point["tags"] = MappingProxyType(point["tags"])
+    return point
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["device", "customer"]),
+            st.integers(0, 2),
+            st.lists(mutations, max_size=3),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_the_per_shape_encoder_writes_and_refuses_exactly_what_the_checked_path_does(
+    specs: list[tuple[str, int, list[tuple[str, Any, Any]]]],
+) -> None:
+    points = [mutated(*spec) for spec in specs]
+    # Twice through one encoder: the second pass runs on warm caches.
+    encoder = PointEncoder(DESIGN, max_series=4, max_strings_per_field=3)
+    expected = [checked_path(p) for p in points]
+    assert encoded(encoder, points) == expected
+    assert encoded(encoder, points) == expected
+    assert encoder.cached()["series"] <= 4
+
+
+def test_values_are_checked_per_point_after_the_shape_is_known() -> None:
+    encoder = PointEncoder(DESIGN)
+    good = customer_point("c-001", DAY_S, 1)
+    changes: list[tuple[str, str, Any, str]] = [
+        ("tags", "csm", "Dana\nW", "control_character"),  # a free-text tag: line protocol refuses
+        ("tags", "csm", "D\\W", "backslash"),
+        ("fields", "stage", "on\x00boarding", "control_character"),
+        ("fields", "band", "purple", "bad_enum"),
+        ("fields", "health", math.nan, "not_finite"),
+        ("fields", "trend_delta", math.inf, "not_finite"),
+        ("fields", "health", 100.5, "out_of_range"),
+        ("fields", "health", 101, "out_of_range"),  # an int in a float field, converted first
+        ("fields", "band_rank", 3, "out_of_range"),
+        ("fields", "active_devices", 2**63, "out_of_range"),  # int64, from line protocol
+        ("ts_s", "", DAY_S + HOUR_S, "misaligned_timestamp"),
+    ]
+    for where, key, value, reason in changes:
+        bad = customer_point("c-001", DAY_S, 1)
+        if where == "ts_s":
+            bad["ts_s"] = value
+        else:
+            bad[where][key] = value
+        [line, (got_reason, detail)] = encoded(encoder, [good, bad])
+        assert line == checked_path(good) and (got_reason, detail) == checked_path(bad), key
+        assert got_reason == reason
+    # The tag value escaped on the checked path is written, escaped, on the fast path too.
+    spaced = customer_point("c-001", DAY_S, 1)
+    spaced["tags"]["csm"] = "Dana W, CSM=1"
+    assert encoded(encoder, [spaced]) == [checked_path(spaced)]
+    assert "csm=Dana\\ W\\,\\ CSM\\=1," in checked_path(spaced)
+
+
+def test_encoder_caches_are_bounded() -> None:
+    encoder = PointEncoder(DESIGN, max_shapes=2, max_series=10, max_strings_per_field=2)
+    points = [device_point("c-1", f"d-{i}", HOUR_S, i) for i in range(25)]
+    for i, point in enumerate(points):
+        point["fields"]["fw"] = f"1.{i % 5}"
+    # Two more shapes (n=0 has no trend_delta): the second finds no room.
+    points += [customer_point("c-001", DAY_S, n) for n in range(3)]
+    lines, kept, rejected = encoder.encode(points)
+    assert rejected == [] and lines == [checked_path(p) for p in points]
+    # Series: 25 devices forgotten at 10 and 20, plus c-001. Strings: fw at its cap of 2,
+    # and the customer's band, stage and driver.
+    assert encoder.cached() == {"shapes": 2, "series": 5 + 1, "strings": 2 + 3}
 
 
 # ----------------------------------------------------------------------- config
@@ -945,3 +1113,16 @@ def test_v2_writes_through_influxdb_client_to_victoria_metrics(victoria_metrics:
         lambda: len(exported()) >= len(expected), timeout_s=15, what="VictoriaMetrics samples"
     )
     assert exported() == expected
+
+
+def test_an_int_beyond_the_float_range_is_a_dead_letter_not_a_crash() -> None:
+    point = {
+        "measurement": "fp_customer_daily",
+        "tags": {"customer_id": "c-1", "segment": "smb"},
+        "fields": {"health": 10**400, "band": "green", "band_rank": 0, "stage": "mature", "driver": "none",
+                   "low_coverage": False, "coverage": 1.0, "active_devices": 1, "entitled_devices": 1,
+                   "known_devices": 1},
+        "ts_s": 1_785_542_400,
+    }
+    lines, rejected = points_to_lines([point])
+    assert lines == [] and [(r[1]) for r in rejected] == ["out_of_range"]

@@ -150,23 +150,18 @@ def _field_value(key: str, value: Any) -> str:
     )
 
 
+def field_value_text(key: Any, value: Any) -> str:
+    """A field value as line protocol writes it (``1i``, ``0.5``, ``"text"``); raise if it cannot be."""
+    return _field_value(key, value)
+
+
 def _plain(text: str) -> bool:
     """True when ``text`` (several names joined) needs no escaping and no checks."""
     return len(text) <= MAX_STRING_BYTES and text.isascii() and _NAME_SPECIAL.search(text) is None
 
 
-def to_line(
-    measurement: str,
-    tags: Mapping[str, str | None],
-    fields: Mapping[str, int | float | bool | str | None],
-    ts_s: int,
-) -> str:
-    """One line of line protocol (no trailing newline), timestamp in seconds.
-
-    Tags are written sorted by key (InfluxDB's recommendation, and it makes
-    the output deterministic); fields in the order given. Raises
-    :class:`InvalidPoint` for anything that cannot be written exactly.
-    """
+def measurement_text(measurement: Any) -> str:
+    """The escaped measurement name, or raise :class:`InvalidPoint` (first part of :func:`to_line`)."""
     if not isinstance(measurement, str) or measurement == "":
         raise InvalidPoint(
             "bad_measurement", f"measurement {quote(measurement)} must be a non-empty string"
@@ -175,27 +170,46 @@ def to_line(
         raise InvalidPoint(
             "bad_measurement", f"measurement {quote(measurement)} would be read as a comment"
         )
-    parts = [_name("measurement", measurement, _MEASUREMENT_ESC)]
-    if tags:
-        items = [(k, v) for k, v in tags.items() if v is not None and v != ""]
-        # Fast path: every key and value is plain ASCII needing no escape, so the
-        # names are checked with one scan over all of them.
-        try:
-            fast = (
-                _plain("".join([k + v for k, v in items]))
-                and all(k for k, _ in items)
-                and RESERVED_KEYS.isdisjoint(k for k, _ in items)
-            )
-        except TypeError:  # a key or value that is not a string: the slow path names it
-            fast = False
-        if fast:
-            items.sort()
-            parts.extend([f",{k}={v}" for k, v in items])
-        else:
-            for tag_key, tag_value in sorted(items, key=lambda item: str(item[0])):
-                escaped = _name(f"tag {tag_key}", tag_value, _KEY_ESC)
-                parts.append(f",{_key('tag key', tag_key)}={escaped}")
-    parts.append(" ")
+    return _name("measurement", measurement, _MEASUREMENT_ESC)
+
+
+def tags_text(tags: Mapping[str, str | None]) -> str:
+    """``,k=v`` for each non-empty tag, sorted by key, escaped; or raise :class:`InvalidPoint`."""
+    if not tags:
+        return ""
+    items = [(k, v) for k, v in tags.items() if v is not None and v != ""]
+    # Fast path: every key and value is plain ASCII needing no escape, so the
+    # names are checked with one scan over all of them.
+    try:
+        fast = (
+            _plain("".join([k + v for k, v in items]))
+            and all(k for k, _ in items)
+            and RESERVED_KEYS.isdisjoint(k for k, _ in items)
+        )
+    except TypeError:  # a key or value that is not a string: the slow path names it
+        fast = False
+    parts: list[str] = []
+    if fast:
+        items.sort()
+        parts.extend([f",{k}={v}" for k, v in items])
+    else:
+        for tag_key, tag_value in sorted(items, key=lambda item: str(item[0])):
+            escaped = _name(f"tag {tag_key}", tag_value, _KEY_ESC)
+            parts.append(f",{_key('tag key', tag_key)}={escaped}")
+    return "".join(parts)
+
+
+def field_key_text(key: Any) -> str:
+    """The escaped field key, or raise :class:`InvalidPoint` (empty, reserved, unencodable)."""
+    return _key("field key", key)
+
+
+def fields_text(measurement: Any, fields: Mapping[str, int | float | bool | str | None]) -> str:
+    """``k=v,...`` for the non-None fields in the order given; raise :class:`InvalidPoint`.
+
+    ``measurement`` only names the point in the ``no_fields`` detail.
+    """
+    parts: list[str] = []
     try:
         keys_plain = _plain("".join(fields)) and "" not in fields
         keys_plain = keys_plain and RESERVED_KEYS.isdisjoint(fields)
@@ -219,11 +233,33 @@ def to_line(
             parts.append(f"{text}={_field_value(key, value)}")
     if first:
         raise InvalidPoint("no_fields", f"{quote(measurement)} point has no fields")
+    return "".join(parts)
+
+
+def timestamp_text(ts_s: Any) -> str:
+    """The timestamp in seconds as text, or raise :class:`InvalidPoint` (``bad_timestamp``)."""
     if type(ts_s) is not int:
         if isinstance(ts_s, bool) or not isinstance(ts_s, numbers.Integral):
             raise InvalidPoint("bad_timestamp", f"ts_s must be integer seconds, got {quote(ts_s)}")
         ts_s = int(ts_s)
     if not TS_S_MIN <= ts_s <= TS_S_MAX:
         raise InvalidPoint("bad_timestamp", f"ts_s={ts_s} is outside InfluxDB's time range")
-    parts.append(f" {ts_s}")
-    return "".join(parts)
+    return str(ts_s)
+
+
+def to_line(
+    measurement: str,
+    tags: Mapping[str, str | None],
+    fields: Mapping[str, int | float | bool | str | None],
+    ts_s: int,
+) -> str:
+    """One line of line protocol (no trailing newline), timestamp in seconds.
+
+    Tags are written sorted by key (InfluxDB's recommendation, and it makes
+    the output deterministic); fields in the order given. Raises
+    :class:`InvalidPoint` for anything that cannot be written exactly; the
+    parts are checked in this order: measurement, tags, fields, timestamp.
+    """
+    head = measurement_text(measurement) + tags_text(tags)
+    body = fields_text(measurement, fields)
+    return f"{head} {body} {timestamp_text(ts_s)}"

@@ -85,7 +85,9 @@ def test_device_to_influxdb(mosquitto_pair, influxdb_v1, tmp_path):
     for collector in collectors:
         assert collector.stop(timeout_s=30)
     batches = sum(c.counters["sent_batches"] for c in collectors)
-    wait_until(lambda: lander.snapshot()["committed_messages"] >= batches, what="lander to commit")
+    # Every batch, plus each gateway's status at start and its final status at stop.
+    wait_until(lambda: lander.snapshot()["committed_messages"] >= batches + 2 * len(collectors),
+               what="lander to commit every batch and status")
     lander.stop()
 
     hours, runtime_s, records = expected_from_simulator()
@@ -124,6 +126,17 @@ def test_device_to_influxdb(mosquitto_pair, influxdb_v1, tmp_path):
         (s.customer_id, day_start_s(s.day)): (pytest.approx(s.health), s.band, s.stage) for s in signals
     }
     assert from_influx == from_parquet
+
+    # Gateway status: the last status of each gateway (published at stop) carries the
+    # counters the collector ended with; the state is offline after a clean stop.
+    status = influxql(influxdb_v1.port, "SELECT last(sent_records), last(dropped_records) FROM fp_gateway_status "
+                                          "GROUP BY gateway_id")
+    reported = {s["tags"]["gateway_id"]: s["values"][0][1:] for s in status}
+    expected_status = {
+        c.config.gateway.gateway_id: [c.counters["sent_records"], sum(c.counters["dropped_records"].values())]
+        for c in collectors
+    }
+    assert reported == expected_status
 
     # Replaying the same lake overwrites instead of doubling.
     run_job(job, [])

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from fleetpulse.pipeline.jobs.points import gateway_status_point
 from fleetpulse.pipeline.sinks.influx import InfluxConfig, open_sink
 from fleetpulse.schemas.influx import load_influx_design
 
@@ -137,6 +138,15 @@ def test_readme_setup_statements_and_dashboard_queries_run_on_influxdb_1x(
         extra = [
             customer_point("c-003", first_day_s + 2 * 86400, 0),
             customer_point("c-004", first_day_s + 2 * 86400, 1),
+            # what the gateways' status messages become (pipeline/jobs/points.py)
+            *(
+                gateway_status_point({
+                    "customer_id": gw[:5], "site_id": f"{gw[:5]}-s1", "gateway_id": gw, "state": "online",
+                    "minute_ms": (first_day_s + 3600) * 1000, "received_records": 10, "sent_records": 9,
+                    "sent_batches": 1, "dropped_records": 1, "dead_letters": 1, "errors": 0, "reconnects": 0,
+                })
+                for gw in ("c-001-gw", "c-002-gw")
+            ),
         ]
         assert sink.write_points([*fleet_points(first_day_s), *extra]).rejected == []
 

@@ -46,17 +46,25 @@ def land_fleet(root: Path) -> Path:
                     "records": json.loads(message.payload)}
         writer.add(contract.topic("gateway_batches", **ids), json.dumps(envelope).encode(), RECEIVED_MS)
     writer.commit()
+    # Each gateway's status as its collector would publish it at stop.
+    status = LandingWriter(root / "lake", zone="status")
+    for gw in fleet.gateways:
+        ids = {"customer_id": gw.customer_id, "site_id": gw.site_id, "gateway_id": gw.gateway_id}
+        body = {"v": 1, **ids, "at_ms": RECEIVED_MS, "state": "online",
+                "counters": {"sent_records": 100, "dead_letters": 2, "dropped_records": {"not_json": 2}}}
+        status.add(contract.topic("gateway_status", **ids), json.dumps(body).encode(), RECEIVED_MS)
+    status.commit()
     return paths.accounts
 
 
-def vm_series(port: int, match: str) -> dict[tuple[str, int], float]:
+def vm_series(port: int, match: str, key: str = "customer_id") -> dict[tuple[str, int], float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/internal/force_flush", timeout=10):
         pass
     url = f"http://127.0.0.1:{port}/api/v1/export?" + urllib.parse.urlencode({"match[]": match})
     with urllib.request.urlopen(url, timeout=10) as resp:
         lines = [json.loads(line) for line in resp.read().decode().splitlines() if line]
     return {
-        (series["metric"]["customer_id"], ts // 1000): value
+        (series["metric"][key], ts // 1000): value
         for series in lines
         for ts, value in zip(series["timestamps"], series["values"], strict=True)
     }
@@ -83,6 +91,11 @@ def test_job_writes_customer_signals_through_the_v2_api(victoria_metrics, tmp_pa
     band_rank = vm_series(victoria_metrics.port, '{__name__="fp_customer_daily_band_rank"}')
     ranks = {"green": 0, "yellow": 1, "red": 2}
     assert band_rank == {(s.customer_id, day_start_s(s.day)): ranks[s.band] for s in signals}
+
+    # Gateway status: the drops every gateway reported, one point per gateway and minute.
+    drops = vm_series(victoria_metrics.port, '{__name__="fp_gateway_status_dropped_records"}', key="gateway_id")
+    minute_s = RECEIVED_MS // 60_000 * 60
+    assert drops == {(g.gateway_id, minute_s): 2 for g in SIM.build_fleet().gateways}
 
 
 def one_error_line(capsys) -> str:

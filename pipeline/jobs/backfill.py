@@ -9,6 +9,7 @@ share every transform; only the source and the triggering differ)::
                 → CustomerDailyUsage → FleetContext ┐
                 → ScoreAccounts ◀─ accounts, model ─┘ ─▶ signals parquet, InfluxDB fp_customer_daily
                                                       └▶ alerts.jsonl
+    ReadLanding(status) → DecodeGatewayStatus ─▶ InfluxDB fp_gateway_status (counters, drops, online)
 
 ``build_pipeline`` returns the unrun pipeline (tests and a Flex Template call
 it too); ``run`` runs it and waits.
@@ -26,7 +27,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from fleetpulse.pipeline.health.config import HealthModel
 from fleetpulse.pipeline.health.score import score_account
-from fleetpulse.pipeline.lake.archive import ReadLanding, WriteRawArchive
+from fleetpulse.pipeline.lake.archive import ReadLanding, WriteRawArchive, has_files
 from fleetpulse.pipeline.sinks.influx import InfluxConfig
 from fleetpulse.pipeline.transforms import (
     ALERTS,
@@ -39,10 +40,12 @@ from fleetpulse.pipeline.transforms import (
     FleetContextFrom,
     ScoreAccounts,
 )
+from fleetpulse.pipeline.transforms.status import DEAD_LETTERS as STATUS_DEAD_LETTERS
+from fleetpulse.pipeline.transforms.status import DecodeGatewayStatus
 from fleetpulse.schemas.accounts import Account
 
 from . import outputs
-from .points import customer_day_point, device_hour_point
+from .points import customer_day_point, device_hour_point, gateway_status_point
 from .sinks import WriteJsonLines, WriteParquet, WriteToInflux
 
 log = logging.getLogger(__name__)
@@ -122,11 +125,16 @@ def build_pipeline(options: PipelineOptions, config: JobConfig) -> beam.Pipeline
     )
 
     dead: list[Any] = [decoded[DEAD_LETTERS]]
+    point_sets = [
+        hours | "DevicePoints" >> beam.Map(device_hour_point),
+        signals | "CustomerPoints" >> beam.Map(customer_day_point),
+    ]
+    if has_files(config.lake, "status"):
+        status = p | "ReadStatus" >> ReadLanding(config.lake, zone="status") | "DecodeGatewayStatus" >> DecodeGatewayStatus()
+        dead.append(status[STATUS_DEAD_LETTERS])
+        point_sets.append(status["main"] | "GatewayStatusPoints" >> beam.Map(gateway_status_point))
     if config.influx is not None:
-        points = (
-            hours | "DevicePoints" >> beam.Map(device_hour_point),
-            signals | "CustomerPoints" >> beam.Map(customer_day_point),
-        ) | "AllPoints" >> beam.Flatten()
+        points = tuple(point_sets) | "AllPoints" >> beam.Flatten()
         dead.append(points | "WriteInflux" >> WriteToInflux(config.influx))
     _ = (
         tuple(dead)

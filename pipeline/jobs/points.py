@@ -82,3 +82,18 @@ def customer_day_point(signal: DailySignal) -> dict[str, Any]:
         "fields": fields,
         "ts_s": day_start_s(signal.day),
     }
+
+
+def gateway_status_point(row: dict[str, Any]) -> dict[str, Any]:
+    """A gateway status row (see ``transforms/status.py``) → one ``fp_gateway_status`` point."""
+    fields: dict[str, Any] = {"online": 1 if row["state"] == "online" else 0, "state": row["state"]}
+    for key in ("received_records", "sent_records", "sent_batches", "dropped_records",
+                "dead_letters", "errors", "reconnects"):
+        if row.get(key) is not None:
+            fields[key] = row[key]
+    return {
+        "measurement": "fp_gateway_status",
+        "tags": {"customer_id": row["customer_id"], "site_id": row["site_id"], "gateway_id": row["gateway_id"]},
+        "fields": fields,
+        "ts_s": row["minute_ms"] // 1000,
+    }

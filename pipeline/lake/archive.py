@@ -40,6 +40,11 @@ def partition_of(ts_ms: int) -> str:
     return f"dt={at:%Y-%m-%d}/hour={at:%H}"
 
 
+def has_files(lake: str, zone: str) -> bool:
+    """Whether ``zone`` holds any committed file (reading an empty pattern is an error in Beam)."""
+    return bool(FileSystems.match([_join(lake, zone, "dt=*", "part-*.parquet")])[0].metadata_list)
+
+
 class ReadLanding(beam.PTransform):
     """Every committed landing file of ``zone`` → rows ``{topic, payload, received_ms}``."""
 

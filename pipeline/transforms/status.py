@@ -1,0 +1,130 @@
+"""DecodeGatewayStatus: the gateways' status messages → one row per gateway and minute.
+
+Each collector publishes a retained status to
+``fleetpulse/v1/customers/{c}/sites/{s}/gateways/{g}/status`` (its cumulative
+counters and ``state``), and the central broker publishes its Last Will
+(``state: offline``) when it disappears; the lander keeps them in the lake's
+``status`` zone. This step validates them (a malformed one becomes a dead
+letter with its reason, like a bad batch) and keeps the latest status of each
+gateway per minute of arrival, so writing them to InfluxDB is idempotent.
+
+Row: ``customer_id, site_id, gateway_id, minute_ms, received_ms, state`` and
+the counters ``received_records, sent_records, sent_batches, dropped_records``
+(all reasons summed), ``dead_letters, errors, reconnects`` — absent when the
+message carried none (the Last Will has no counters).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+
+from fleetpulse.errors import quote
+from fleetpulse.schemas import Rejection, dead_letter, load_contract
+
+DEAD_LETTERS = "dead_letters"
+METRICS_NAMESPACE = "fleetpulse.pipeline.status"
+IDS = ("customer_id", "site_id", "gateway_id")
+COUNTERS = ("received_records", "sent_records", "sent_batches", "dead_letters", "errors", "reconnects")
+STATES = ("online", "offline")
+MINUTE_MS = 60_000
+
+
+class InvalidStatus(ValueError):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def _topic_ids(topic: str) -> dict[str, str] | None:
+    pattern = load_contract().topics["gateway_status"]["pattern"]
+    regex = re.escape(pattern).replace(r"\{customer_id\}", "(?P<customer_id>[^/]+)")
+    regex = regex.replace(r"\{site_id\}", "(?P<site_id>[^/]+)").replace(r"\{gateway_id\}", "(?P<gateway_id>[^/]+)")
+    match = re.fullmatch(regex, topic)
+    return match.groupdict() if match else None
+
+
+def parse_status(topic: str, payload: bytes, received_ms: int) -> dict[str, Any]:
+    """One status message → its row; raises InvalidStatus with a reason from the contract's set."""
+    try:
+        status = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidStatus("not_json", f"status is not JSON: {exc}") from None
+    if not isinstance(status, dict):
+        raise InvalidStatus("not_object", f"status must be an object, got {quote(status)}")
+    identifier = load_contract().identifier_re
+    row: dict[str, Any] = {}
+    for key in IDS:
+        value = status.get(key)
+        if value is None:
+            raise InvalidStatus("missing_field", f"status has no {key}")
+        if not isinstance(value, str) or not identifier.fullmatch(value):
+            raise InvalidStatus("bad_identifier", f"{key}={quote(value)} is not an identifier")
+        row[key] = value
+    ids = _topic_ids(topic)
+    if ids is None or ids != {k: row[k] for k in IDS}:
+        raise InvalidStatus("topic_mismatch", f"topic {quote(topic)} does not name {row['gateway_id']}")
+    state = status.get("state")
+    if state not in STATES:
+        raise InvalidStatus("bad_enum", f"state={quote(state)} is not one of {list(STATES)}")
+    counters = status.get("counters", {})
+    if not isinstance(counters, dict):
+        raise InvalidStatus("wrong_type", f"counters must be an object, got {quote(counters)}")
+    for key in COUNTERS:
+        value = counters.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise InvalidStatus("wrong_type", f"counters.{key}={quote(value)} is not a count")
+        row[key] = value
+    dropped = counters.get("dropped_records")
+    if dropped is None:
+        row["dropped_records"] = None
+    elif isinstance(dropped, dict) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in dropped.values()
+    ):
+        row["dropped_records"] = sum(dropped.values())
+    else:
+        raise InvalidStatus("wrong_type", f"counters.dropped_records={quote(dropped)} is not counts by reason")
+    row.update(state=state, received_ms=received_ms, minute_ms=received_ms - received_ms % MINUTE_MS)
+    return row
+
+
+class _ParseStatusFn(beam.DoFn):
+    def __init__(self) -> None:
+        self.received = Metrics.counter(METRICS_NAMESPACE, "received")
+        self.dropped = Metrics.counter(METRICS_NAMESPACE, "dropped")
+
+    def process(self, landing: dict[str, Any]) -> Any:
+        self.received.inc()
+        try:
+            yield parse_status(landing["topic"], landing["payload"], landing["received_ms"])
+        except InvalidStatus as exc:
+            self.dropped.inc()
+            Metrics.counter(METRICS_NAMESPACE, f"dropped_{exc.reason}").inc()
+            yield pvalue.TaggedOutput(DEAD_LETTERS, dead_letter(
+                Rejection(exc.reason, exc.detail), source="pipeline:status", topic=landing["topic"],
+                at_ms=landing["received_ms"], payload=landing["payload"],
+            ))
+
+
+def _latest(rows: Any) -> dict[str, Any]:
+    # The last status received in the minute; ties (same ms) broken by content, so replays agree.
+    return max(rows, key=lambda r: (r["received_ms"], json.dumps(r, sort_keys=True)))
+
+
+class DecodeGatewayStatus(beam.PTransform):
+    """Status-zone landing rows → ``main`` rows (latest per gateway and minute) and ``dead_letters``."""
+
+    def expand(self, landing: beam.PCollection) -> dict[str, beam.PCollection]:
+        parsed = landing | "Parse" >> beam.ParDo(_ParseStatusFn()).with_outputs(DEAD_LETTERS, main="main")
+        latest = (
+            parsed.main
+            | "KeyByGatewayMinute" >> beam.Map(lambda r: ((r["gateway_id"], r["minute_ms"]), r))
+            | "LatestPerMinute" >> beam.CombinePerKey(_latest)
+            | "Values" >> beam.Values()
+        )
+        return {"main": latest, DEAD_LETTERS: parsed[DEAD_LETTERS]}

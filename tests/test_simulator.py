@@ -190,7 +190,7 @@ def test_segments_are_mostly_smb_and_engagement_follows_segment() -> None:
         if a.engagement_model == "high_touch":
             assert a.csm_owner
         if a.engagement_model == "digital":
-            assert a.csm_owner == ""
+            assert a.csm_owner is None
         assert a.nps is None or -100 <= a.nps <= 100
         assert a.contract_start < a.renewal_date
     multi_site = [c for c in fleet.customers if len(c.gateways) > 1]

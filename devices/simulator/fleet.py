@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from fleetpulse.schemas.accounts import Account
+
 PATTERNS: tuple[str, ...] = (
     "fast_onboarding",
     "stalled_onboarding",
@@ -128,22 +130,6 @@ def _even_ranks(rng: random.Random, n: int) -> list[float]:
     positions = list(range(n))
     rng.shuffle(positions)
     return [(p + 0.5) / n for p in positions]
-
-
-@dataclass(frozen=True)
-class Account:
-    """One row of the accounts registry (what a CRM export knows)."""
-
-    customer_id: str
-    name: str
-    segment: str
-    engagement_model: str
-    arr_usd: int
-    contract_start: date
-    renewal_date: date
-    entitled_devices: int
-    csm_owner: str  # empty when no CSM is assigned
-    nps: int | None
 
 
 @dataclass(frozen=True)
@@ -415,7 +401,7 @@ def _account(
         contract_start=contract_start,
         renewal_date=renewal,
         entitled_devices=entitled,
-        csm_owner=csm,
+        csm_owner=csm or None,
         nps=nps,
     )
     return account, onboard_day

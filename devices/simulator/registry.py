@@ -17,9 +17,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetpulse.schemas.accounts import COLUMNS
+from fleetpulse.schemas.accounts import COLUMNS, Account
 
-from .fleet import Account, Fleet, Gateway
+from .fleet import Fleet, Gateway
 from .generate import topic_prefix
 
 
@@ -48,7 +48,7 @@ def accounts_csv(accounts: tuple[Account, ...]) -> str:
                 a.contract_start.isoformat(),
                 a.renewal_date.isoformat(),
                 a.entitled_devices,
-                a.csm_owner,
+                a.csm_owner or "",
                 "" if a.nps is None else a.nps,
             ]
         )

@@ -41,6 +41,9 @@ class DeviceHour:
     error_fw: dict[str, int] = field(default_factory=dict)  # firmware -> error records (severity >= error)
     fw: str = ""  # firmware of the latest record in the hour
     last_ts_ms: int = 0
+    #: boot -> (lowest seq, highest seq, records) seen in the hour; records are
+    #: deduplicated, so highest - lowest + 1 - records is the gap inside the span
+    seq_spans: dict[int, tuple[int, int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,10 @@ class CustomerDay:
     critical_errors: int
     error_fw: dict[str, int]  # firmware -> error records
     device_fw: dict[str, str]  # device id -> latest firmware that day
+    #: records received, and records the devices' sequence numbers say were sent
+    #: (per device and boot, highest - lowest + 1 within the day); 0 when unknown
+    records: int = 0
+    expected_records: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,7 @@ class DailySignal:
     feature_breadth: float | None
     error_rate: float | None
     firmware_currency: float | None
-    coverage: float
+    coverage: float  # the lower of heartbeat and record (sequence) coverage
     low_coverage: bool
     health: float
     band: str  # green / yellow / red
@@ -105,6 +112,8 @@ class DailySignal:
     #: at the time-to-value share (lifecycle.ttv_active_share); None until reached,
     #: and None when the scored span began after the contract start (onboarding not seen)
     time_to_value_days: int | None = None
+    #: records received ÷ records the sequence numbers say were sent, that day (None: unknown)
+    record_coverage: float | None = None
 
 
 @dataclass(frozen=True)

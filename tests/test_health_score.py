@@ -448,3 +448,17 @@ def test_time_to_value_counts_days_from_first_device_to_the_adoption_share(model
     # An account deployed before the telemetry began: its onboarding was not seen.
     signals, _ = score_account(account(), [cday(i) for i in range(10)], model, fleet(0, 9), "acme")
     assert {s.time_to_value_days for s in signals} == {None}
+
+
+def test_sequence_gaps_lower_coverage_even_with_full_heartbeats(model: HealthModel) -> None:
+    rows = [dataclasses.replace(cday(i), records=100, expected_records=100) for i in range(10)]
+    rows.append(dataclasses.replace(cday(10), records=40, expected_records=100))  # 60 numbered records lost
+    signals, _ = score_account(account(), rows, model, fleet(0, 10), "acme")
+    days = by_day(signals)
+    assert days[iso(9)].coverage == 1.0 and days[iso(9)].record_coverage == 1.0
+    lossy = days[iso(10)]
+    assert lossy.record_coverage == 0.4 and lossy.coverage == 0.4 and lossy.low_coverage
+    assert comp(lossy, "adoption").detail.startswith(f"held from {iso(9)}")
+    # No sequence information at all (older data): heartbeats alone decide.
+    plain, _ = score_account(account(), [cday(i) for i in range(3)], model, fleet(0, 2), "acme")
+    assert {s.record_coverage for s in plain} == {None} and plain[-1].coverage == 1.0

@@ -54,18 +54,21 @@ D1_H0 = DeviceHour(
     records=7, heartbeats=2, expected_heartbeats=60.0, usage_records=2, feature_uses=2,
     errors=1, critical_errors=0, usage={"energy_kWh": 0.25, "runtime_s": 30.5},
     features={"scan": 2}, error_fw={"2.4.1": 1}, fw="2.4.1", last_ts_ms=T0 + 80_000,
+    seq_spans={1: (0, 6, 7)},
 )
 D1_H1 = DeviceHour(
     customer_id="c1", site_id="s1", gateway_id="g1", device_id="d1", hour_ms=T0 + H,
     records=3, heartbeats=1, expected_heartbeats=60.0, usage_records=1, feature_uses=0,
     errors=1, critical_errors=1, usage={"runtime_s": 12.5}, features={},
     error_fw={"2.5.0": 1}, fw="2.5.0", last_ts_ms=T0 + H + 30_000,
+    seq_spans={1: (7, 9, 3)},
 )
 D2_H0 = DeviceHour(
     customer_id="c1", site_id="s1", gateway_id="g2", device_id="d2", hour_ms=T0,
     records=3, heartbeats=1, expected_heartbeats=12.0, usage_records=1, feature_uses=1,
     errors=0, critical_errors=0, usage={"runtime_s": 100.0}, features={"copy": 1},
     error_fw={}, fw="1.10.0", last_ts_ms=T0 + 50_000,
+    seq_spans={1: (0, 2, 3)},
 )
 C1_DAY = CustomerDay(
     customer_id="c1", day="2024-03-04", reporting_devices=("d1", "d2"),
@@ -74,6 +77,7 @@ C1_DAY = CustomerDay(
     usage={"energy_kWh": 0.25, "runtime_s": 143.0}, features={"copy": 1, "scan": 2},
     errors=2, critical_errors=1, error_fw={"2.4.1": 1, "2.5.0": 1},
     device_fw={"d1": "2.5.0", "d2": "1.10.0"},
+    records=13, expected_records=13,  # d1 seq 0-9 and d2 seq 0-2, nothing missing
 )
 
 
@@ -148,6 +152,20 @@ def test_hourly_rollups_on_event_time_feed_the_daily_usage() -> None:
         label="literal days",
     )
     pipeline.run().wait_until_finish()
+
+
+def test_sequence_gaps_show_as_records_missing_from_the_day() -> None:
+    # d1 lost seq 3 and 8 on the way: 13 numbered, 11 arrived.
+    lost = [r for r in ROWS if not (r["device_id"] == "d1" and r["seq"] in (3, 8))]
+    with BeamTestPipeline() as pipeline:
+        days = (
+            pipeline
+            | beam.Create(lost)
+            | DeviceHourlyRollups(window_mode="batch")
+            | CustomerDailyUsage(window_mode="batch")
+            | beam.Map(lambda day: (day.records, day.expected_records))
+        )
+        assert_that(days, equal_to([(11, 13)]))
 
 
 def _combine_in_parts(fn: Any, parts: list[list[Any]]) -> Any:

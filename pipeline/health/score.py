@@ -25,7 +25,9 @@ Rules a CSM or CS Ops reader may need (the YAML names the numbers):
   (today included). Coverage = heartbeats received ÷ (known devices × 86400 ÷
   heartbeat interval), capped at 1; the interval is the day's, else the last
   one seen, else ``default_heartbeat_interval_s``. No known devices, or no
-  heartbeats, is coverage 0. Below ``low_coverage_below`` the day is
+  heartbeats, is coverage 0. Sequence gaps count too: when the day's records
+  received ÷ records numbered (per device and boot, highest − lowest seq + 1)
+  is lower, that is the coverage (``record_coverage`` keeps it apart). Below ``low_coverage_below`` the day is
   *low coverage*: not trustworthy.
 * **Hold.** On a low-coverage day the ``hold_components`` (adoption, engagement,
   breadth: they read missing telemetry as missing use) keep the value of the
@@ -233,9 +235,20 @@ class _Scorer:
             result = (0.0, known)
         else:
             expected = len(known) * SECONDS_PER_DAY / self.interval_s(day)
-            result = (min(1.0, heartbeats / expected), known)
+            # Sequence gaps: records the devices numbered but that never arrived
+            # (lost on the way) lower coverage too; the lower of the two counts.
+            records = self.record_coverage(day)
+            share = min(1.0, heartbeats / expected, 1.0 if records is None else records)
+            result = (share, known)
         self._coverage[day] = result
         return result
+
+    def record_coverage(self, day: date) -> float | None:
+        """Records received ÷ records the sequence numbers say were sent that day (None: unknown)."""
+        row = self.by_day.get(day)
+        if row is None or row.expected_records <= 0:
+            return None
+        return min(1.0, row.records / row.expected_records)
 
     def trusted(self, day: date) -> bool:
         """A day of the account's life whose telemetry can be read as the customer's behaviour."""
@@ -507,6 +520,7 @@ class _Scorer:
             error_rate=signal_value("reliability"),
             firmware_currency=signal_value("firmware"),
             coverage=round(coverage, 4),
+            record_coverage=None if (rc := self.record_coverage(day)) is None else round(rc, 4),
             low_coverage=low,
             health=health,
             band=band,

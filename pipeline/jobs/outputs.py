@@ -58,6 +58,7 @@ SIGNAL_SCHEMA = pa.schema(
         ("driver", pa.string()),
         ("components", pa.list_(COMPONENT)),
         ("time_to_value_days", pa.int64()),
+        ("record_coverage", pa.float64()),
     ]
 )
 
@@ -80,6 +81,8 @@ DEVICE_HOUR_SCHEMA = pa.schema(
         ("error_fw", pa.map_(pa.string(), pa.int64())),
         ("fw", pa.string()),
         ("last_ts_ms", pa.int64()),
+        ("seq_spans", pa.list_(pa.struct([("boot", pa.int64()), ("min_seq", pa.int64()),
+                                          ("max_seq", pa.int64()), ("records", pa.int64())]))),
     ]
 )
 
@@ -100,6 +103,10 @@ def device_hour_row(hour: DeviceHour) -> dict[str, Any]:
     row = dataclasses.asdict(hour)
     for key in ("usage", "features", "error_fw"):
         row[key] = sorted(row[key].items())
+    row["seq_spans"] = [
+        {"boot": boot, "min_seq": low, "max_seq": high, "records": count}
+        for boot, (low, high, count) in sorted(hour.seq_spans.items())
+    ]
     return row
 
 

@@ -65,6 +65,7 @@ def customer_day_point(signal: DailySignal) -> dict[str, Any]:
         "feature_breadth": signal.feature_breadth,
         "error_rate": signal.error_rate,
         "firmware_currency": signal.firmware_currency,
+        "record_coverage": signal.record_coverage,
     }
     # A measure that could not be computed is left out, never written as 0.
     fields.update((key, float(value)) for key, value in optional.items() if value is not None)

@@ -133,6 +133,16 @@ class HourAccumulator:
     error_fw: dict[str, int] = field(default_factory=dict)
     latest: tuple[int, int, int, str] | None = None  # (ts_ms, boot, seq, fw) of the latest record
     latest_heartbeat: tuple[int, int, int, int] | None = None  # (ts_ms, boot, seq, interval_s)
+    seq_spans: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # boot -> (min, max, count)
+
+
+def merge_span(
+    spans: dict[int, tuple[int, int, int]], boot: int, low: int, high: int, count: int
+) -> None:
+    """Fold one (lowest, highest, records) span of a boot into ``spans``."""
+    seen = spans.get(boot)
+    spans[boot] = (low, high, count) if seen is None else (
+        min(seen[0], low), max(seen[1], high), seen[2] + count)
 
 
 def _later(a: Any, b: Any) -> Any:
@@ -156,6 +166,7 @@ class DeviceHourFn(beam.CombineFn):
 
     def add_input(self, acc: HourAccumulator, row: dict[str, Any]) -> HourAccumulator:
         acc.records += 1
+        merge_span(acc.seq_spans, row["boot"], row["seq"], row["seq"], 1)
         order = (row["ts_ms"], row["boot"], row["seq"])
         acc.latest = _later(acc.latest, (*order, row["fw"]))
         kind = row["kind"]
@@ -190,6 +201,8 @@ class DeviceHourFn(beam.CombineFn):
             _add_counts(merged.error_fw, acc.error_fw)
             merged.latest = _later(merged.latest, acc.latest)
             merged.latest_heartbeat = _later(merged.latest_heartbeat, acc.latest_heartbeat)
+            for boot, span in acc.seq_spans.items():
+                merge_span(merged.seq_spans, boot, *span)
         return merged
 
     def extract_output(self, acc: HourAccumulator) -> HourAccumulator:
@@ -218,6 +231,7 @@ def device_hour(key: tuple[str, str, str, str], hour_ms: int, acc: HourAccumulat
         error_fw=dict(sorted(acc.error_fw.items())),
         fw=acc.latest[3] if acc.latest else "",
         last_ts_ms=acc.latest[0] if acc.latest else 0,
+        seq_spans=dict(sorted(acc.seq_spans.items())),
     )
 
 
@@ -356,6 +370,13 @@ def customer_day(customer_id: str, day: str, hours: list[DeviceHour]) -> Custome
         if h.fw:
             candidate_fw = (h.last_ts_ms, h.hour_ms, h.fw)
             latest_fw[h.device_id] = max(latest_fw.get(h.device_id, candidate_fw), candidate_fw)
+    # Per device and boot, the day's span of sequence numbers: what the device says it sent.
+    spans: dict[tuple[str, int], tuple[int, int, int]] = {}
+    for h in hours:
+        for boot, (low, high, count) in h.seq_spans.items():
+            seen = spans.get((h.device_id, boot))
+            spans[(h.device_id, boot)] = (low, high, count) if seen is None else (
+                min(seen[0], low), max(seen[1], high), seen[2] + count)
     intervals = Counter(i for _, i in interval.values())
     common = min(intervals, key=lambda i: (-intervals[i], i)) if intervals else 0
     return CustomerDay(
@@ -373,6 +394,8 @@ def customer_day(customer_id: str, day: str, hours: list[DeviceHour]) -> Custome
         critical_errors=sum(h.critical_errors for h in hours),
         error_fw=_sum_ints([h.error_fw for h in hours]),
         device_fw={device: fw for device, (_, _, fw) in sorted(latest_fw.items())},
+        records=sum(count for _, _, count in spans.values()),
+        expected_records=sum(high - low + 1 for low, high, _ in spans.values()),
     )
 
 

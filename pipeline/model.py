@@ -68,6 +68,8 @@ class CustomerDay:
     #: (per device and boot, highest - lowest + 1 within the day); 0 when unknown
     records: int = 0
     expected_records: int = 0
+    #: gateways whose status said offline that day (their Last Will, or a clean stop)
+    offline_gateways: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

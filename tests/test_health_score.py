@@ -462,3 +462,14 @@ def test_sequence_gaps_lower_coverage_even_with_full_heartbeats(model: HealthMod
     # No sequence information at all (older data): heartbeats alone decide.
     plain, _ = score_account(account(), [cday(i) for i in range(3)], model, fleet(0, 2), "acme")
     assert {s.record_coverage for s in plain} == {None} and plain[-1].coverage == 1.0
+
+
+def test_a_gateway_reporting_offline_makes_the_day_low_coverage_at_once(model: HealthModel) -> None:
+    rows = [cday(i, gateways=("gw1", "gw2")) for i in range(10)]
+    # Day 10: data still arrives (full heartbeats) but gw2's Last Will said offline.
+    rows.append(dataclasses.replace(cday(10, gateways=("gw1", "gw2")), offline_gateways=("gw2",)))
+    signals, alerts = score_account(account(), rows, model, fleet(0, 10), "acme")
+    day = by_day(signals)[iso(10)]
+    assert day.low_coverage and day.coverage == 1.0  # the heartbeats alone would have trusted it
+    assert kinds(alerts) == [(iso(10), "gateway_offline")]
+    assert alerts[0].title == "Gateway gw2 reported offline today"

@@ -248,7 +248,7 @@ def test_retention_section_only_when_given_and_tolerant_of_missing_keys() -> Non
     }
     page = render_html(signals, alerts, title="t", generated_at=GENERATED, retention=retention)
     section = page.split('id="retention"', 1)[1].split('id="accounts"', 1)[0]
-    cohort = section.split("2024Q1", 1)[1].split("</tr>", 1)[0]
+    cohort = section.split("<th scope=row>2024Q1", 1)[1].split("</tr>", 1)[0]
     assert ">103%<" in cohort and ">91%<" in cohort and ">100%<" in cohort
     assert "&lt;smb&gt;" in section and "Retention by segment" in section
     assert "2026-08-01..2026-08-31" in section
@@ -278,6 +278,7 @@ def test_report_reads_what_fleetpulse_retention_writes(tmp_path: Path) -> None:
                        retention=json.loads(path.read_text("utf-8")))
     section = page.split('id="retention"', 1)[1].split('id="accounts"', 1)[0]
     assert "Retention by cohort" in section and "2024Q1" in section and ">80%<" in section
+    assert "<svg" in section and "2024Q1: net 80%, gross 80%" in section  # the cohort chart
 
 
 def test_no_signals_still_renders_a_page() -> None:

@@ -76,3 +76,26 @@ def test_decode_keeps_the_latest_per_minute_and_dead_letters_the_rest():
         assert_that(out["main"] | beam.Map(lambda r: (r["minute_ms"], r["sent_records"])),
                     equal_to([(T, 7), (T + 60_000, 8)]), label="latest")
         assert_that(out[DEAD_LETTERS] | beam.Map(lambda d: d["reason"]), equal_to(["not_json"]), label="dead")
+
+
+def test_offline_status_marks_the_customer_day():
+    from fleetpulse.pipeline.model import CustomerDay
+    from fleetpulse.pipeline.transforms.status import MarkOfflineGateways
+
+    def day(customer, iso_day):
+        return CustomerDay(customer_id=customer, day=iso_day, reporting_devices=("d1",), active_devices=("d1",),
+                           gateways=("c-1-gw1",), heartbeats=1, expected_heartbeats=1.0, heartbeat_interval_s=86400,
+                           usage={}, features={}, errors=0, critical_errors=0, error_fw={}, device_fw={})
+
+    offline = json.dumps({"v": 1, **IDS, "at_ms": T, "state": "offline", "counters": {}}).encode()
+    landing = [
+        {"topic": TOPIC, "payload": status(), "received_ms": T},  # online: no mark
+        {"topic": TOPIC, "payload": offline, "received_ms": T + 3_600_000},
+    ]
+    with BeamTestPipeline() as p:
+        decoded = p | "Status" >> beam.Create(landing) | DecodeGatewayStatus()
+        days = p | "Days" >> beam.Create([day("c-1", "2026-08-01"), day("c-1", "2026-08-02"), day("c-2", "2026-08-01")])
+        marked = days | MarkOfflineGateways(decoded["main"]) | beam.Map(
+            lambda d: (d.customer_id, d.day, d.offline_gateways))
+        assert_that(marked, equal_to([("c-1", "2026-08-01", ("c-1-gw1",)), ("c-1", "2026-08-02", ()),
+                                      ("c-2", "2026-08-01", ())]))

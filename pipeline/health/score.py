@@ -566,7 +566,12 @@ class _Scorer:
         return (1 - now_per_day / base_per_day) * 100, now_per_day, base_per_day, current.days
 
     def silent_gateways(self, day: date) -> dict[str, date]:
-        """Gateways seen in the known-device window but not today, with the day each was last seen."""
+        """Gateways that are out today, with the day each was last seen.
+
+        Out means seen in the known-device window but sending nothing today, or
+        reported offline by its own status today (its Last Will or a clean stop):
+        then part of the day's data may be missing even if some arrived.
+        """
         today = self.by_day.get(day)
         present = set(today.gateways) if today else set()
         seen: dict[str, date] = {}
@@ -575,6 +580,8 @@ class _Scorer:
             for gw in row.gateways if row else ():
                 if gw not in present:
                     seen[gw] = d  # dates ascend, so the last write is the last sighting
+        for gw in today.offline_gateways if today else ():
+            seen[gw] = day
         return seen
 
     def explain(self, signal: DailySignal) -> str:
@@ -631,6 +638,8 @@ class _Scorer:
         )
 
     def offline_alert(self, signal: DailySignal, silent: dict[str, date], new: set[str]) -> Alert:
+        today = self.by_day.get(date.fromisoformat(signal.day))
+        reported = set(today.offline_gateways) if today else set()
         last_seen = "; ".join(f"{gw} last seen {_iso(silent[gw])}" for gw in sorted(silent)[:MAX_NAMED])
         held = ", ".join(self.model.coverage.hold_components) or "nothing"
         severity = "critical" if signal.coverage == 0 else "warning"
@@ -640,8 +649,8 @@ class _Scorer:
 
         return self.alert(
             signal, "gateway_offline", severity,
-            f"{noun(new)} sent nothing today",
-            f"{noun(silent)} went silent ({last_seen}); coverage is {_pct(signal.coverage)} of the "
+            f"{noun(new)} {'reported offline' if new <= reported else 'sent nothing'} today",
+            f"{noun(silent)} went silent or reported offline ({last_seen}); coverage is {_pct(signal.coverage)} of the "
             f"heartbeats expected from {signal.known_devices} known devices. Treat this as a connectivity "
             f"problem, not a usage change: {held} are held at their last trustworthy values and risk "
             f"alerts are paused until coverage is back above "

@@ -10,6 +10,7 @@ share every transform; only the source and the triggering differ)::
                 → ScoreAccounts ◀─ accounts, model ─┘ ─▶ signals parquet, InfluxDB fp_customer_daily
                                                       └▶ alerts.jsonl
     ReadLanding(status) → DecodeGatewayStatus ─▶ InfluxDB fp_gateway_status (counters, drops, online)
+                        └▶ MarkOfflineGateways (a gateway reporting offline → its day is low coverage)
 
 ``build_pipeline`` returns the unrun pipeline (tests and a Flex Template call
 it too); ``run`` runs it and waits.
@@ -41,7 +42,7 @@ from fleetpulse.pipeline.transforms import (
     ScoreAccounts,
 )
 from fleetpulse.pipeline.transforms.status import DEAD_LETTERS as STATUS_DEAD_LETTERS
-from fleetpulse.pipeline.transforms.status import DecodeGatewayStatus
+from fleetpulse.pipeline.transforms.status import DecodeGatewayStatus, MarkOfflineGateways
 from fleetpulse.schemas.accounts import Account
 
 from . import outputs
@@ -102,6 +103,11 @@ def build_pipeline(options: PipelineOptions, config: JobConfig) -> beam.Pipeline
     # streaming job passes event-time windows and its trigger instead).
     hours = records | "DeviceHourlyRollups" >> DeviceHourlyRollups(window_mode="batch")
     days = hours | "CustomerDailyUsage" >> CustomerDailyUsage(window_mode="batch")
+    status = None
+    if has_files(config.lake, "status"):
+        status = p | "ReadStatus" >> ReadLanding(config.lake, zone="status") | "DecodeGatewayStatus" >> DecodeGatewayStatus()
+        # A gateway that reported itself offline makes its customer's day low coverage.
+        days = days | "MarkOfflineGateways" >> MarkOfflineGateways(status["main"])
     fleet = days | "FleetContext" >> FleetContextFrom()
     scored = days | "ScoreAccounts" >> ScoreAccounts(
         config.accounts, config.model, score_account, fleet=fleet
@@ -129,8 +135,7 @@ def build_pipeline(options: PipelineOptions, config: JobConfig) -> beam.Pipeline
         hours | "DevicePoints" >> beam.Map(device_hour_point),
         signals | "CustomerPoints" >> beam.Map(customer_day_point),
     ]
-    if has_files(config.lake, "status"):
-        status = p | "ReadStatus" >> ReadLanding(config.lake, zone="status") | "DecodeGatewayStatus" >> DecodeGatewayStatus()
+    if status is not None:
         dead.append(status[STATUS_DEAD_LETTERS])
         point_sets.append(status["main"] | "GatewayStatusPoints" >> beam.Map(gateway_status_point))
     if config.influx is not None:

@@ -571,6 +571,37 @@ def dict_rows(value: Any) -> list[Mapping[str, Any]]:
     return [row for row in value if isinstance(row, Mapping)]
 
 
+def retention_chart(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Net and gross usage retention per cohort as paired bars, with the 100% line."""
+    cohorts = [r for r in rows if r.get("dimension") == "cohort" and r.get("group") != "all"
+               and isinstance(r.get("nrr"), int | float) and isinstance(r.get("grr"), int | float)]
+    if not cohorts:
+        return ""
+    row, label_width = 30, 70
+    peak = max(1.0, *(float(r["nrr"]) for r in cohorts), *(float(r["grr"]) for r in cohorts))
+    frame = Frame(420, 16 + row * len(cohorts), left=label_width, right=60, top=8, bottom=8)
+    parts = svg_open(frame, "Usage retention by contract-start cohort",
+                     "; ".join(f"{r['group']}: net {float(r['nrr']) * 100:.0f}%, gross {float(r['grr']) * 100:.0f}%"
+                               for r in cohorts))
+    full = label_width + frame.plot_width / peak
+    parts.append(f'<line x1="{num(full)}" x2="{num(full)}" y1="{frame.top}" y2="{num(frame.top + row * len(cohorts))}" '
+                 f'stroke="{INK}" stroke-dasharray="3 3"><title>100%</title></line>')
+    for i, r in enumerate(cohorts):
+        y = frame.top + i * row
+        parts.append(f'<text x="{label_width - 8}" y="{num(y + 17)}" text-anchor="end" fill="{INK}">'
+                     f"{esc(r['group'])}</text>")
+        for j, (key, colour, label) in enumerate((("nrr", OK_COLOUR, "net"), ("grr", "#adb5bd", "gross"))):
+            value = float(r[key])
+            width = frame.plot_width * value / peak
+            parts.append(f'<rect x="{label_width}" y="{num(y + 3 + j * 12)}" width="{num(max(width, 1.0))}" '
+                         f'height="11" fill="{colour}"><title>{esc(r["group"])} {label} '
+                         f"{value * 100:.0f}%</title></rect>")
+        parts.append(f'<text x="{num(label_width + frame.plot_width * float(r["nrr"]) / peak + 4)}" '
+                     f'y="{num(y + 13)}" fill="{INK}">{float(r["nrr"]) * 100:.0f}%</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 def retention_section(retention: Mapping[str, Any]) -> str:
     """Net, gross and logo usage retention per cohort and segment, then the CSM coverage
     comparison, from the JSON ``fleetpulse retention --json`` writes (keys it lacks show as ``-``)."""
@@ -587,6 +618,10 @@ def retention_section(retention: Mapping[str, Any]) -> str:
         )
     if not rows:
         parts.append("<p>The retention file has no rows.</p>")
+    chart = retention_chart(rows)
+    if chart:
+        parts.append(figure("Net (blue) and gross (grey) usage retention per cohort; the dashed line is 100%",
+                            chart))
     by_dimension: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         by_dimension.setdefault(str(row.get("dimension", "group")), []).append(row)

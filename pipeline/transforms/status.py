@@ -16,8 +16,10 @@ message carried none (the Last Will has no counters).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import apache_beam as beam
@@ -128,3 +130,40 @@ class DecodeGatewayStatus(beam.PTransform):
             | "Values" >> beam.Values()
         )
         return {"main": latest, DEAD_LETTERS: parsed[DEAD_LETTERS]}
+
+
+def _utc_day(epoch_ms: int) -> str:
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC).date().isoformat()
+
+
+class MarkOfflineGateways(beam.PTransform):
+    """CustomerDay rows annotated with the gateways whose status said offline that day.
+
+    ``status`` is the ``main`` output of :class:`DecodeGatewayStatus`; the day
+    is the UTC day the status was received. Only existing CustomerDay rows are
+    annotated: a day without any telemetry is low coverage anyway.
+    """
+
+    def __init__(self, status: beam.PCollection) -> None:
+        super().__init__()
+        self.status = status
+
+    def expand(self, days: beam.PCollection) -> beam.PCollection:
+        offline = (
+            self.status
+            | "OnlyOffline" >> beam.Filter(lambda r: r["state"] == "offline")
+            | "KeyByCustomerDay" >> beam.Map(lambda r: ((r["customer_id"], _utc_day(r["received_ms"])), r["gateway_id"]))
+        )
+        keyed = days | "KeyDays" >> beam.Map(lambda d: ((d.customer_id, d.day), d))
+        return (
+            {"days": keyed, "offline": offline}
+            | "Join" >> beam.CoGroupByKey()
+            | "Annotate" >> beam.FlatMap(_annotate)
+        )
+
+
+def _annotate(joined: tuple[Any, dict[str, Any]]) -> Any:
+    _, groups = joined
+    gateways = tuple(sorted(set(groups["offline"])))
+    for day in groups["days"]:
+        yield dataclasses.replace(day, offline_gateways=gateways) if gateways else day

@@ -38,10 +38,13 @@ def test_at_risk_accounts_are_red_or_yellow_with_the_driving_component(demo):
             assert customer in demo.report  # printed in the portfolio
 
 
-def test_steady_accounts_are_green(demo):
+def test_steady_accounts_are_green_and_raise_no_alert(demo):
     latest = {s.customer_id: s for s in demo.latest}
-    for customer in demo.truth["patterns"]["steady"]:
+    steady = demo.truth["patterns"]["steady"]
+    for customer in steady:
         assert latest[customer].band == "green", (customer, latest[customer].health)
+    # ... and nobody is alerted about them: no noise for a CSM.
+    assert [a for a in demo.alerts if a.customer_id in steady] == []
 
 
 def test_offline_gateways_are_reported_as_such_not_as_lost_usage(demo):

@@ -79,7 +79,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from fleetpulse.errors import ConfigError, TerminalError, TransientError
 from fleetpulse.schemas.influx import (
@@ -106,6 +106,7 @@ from .line_protocol import (
 )
 
 log = logging.getLogger(__name__)
+_N = TypeVar("_N", int, float)
 
 #: Every reason a point can become a dead letter here (bounded; counter labels).
 SINK_REASONS = tuple(dict.fromkeys((*DESIGN_REASONS, *LINE_REASONS, "server_rejected")))
@@ -378,11 +379,11 @@ class InfluxConfig:
             password=env.get("INFLUX_PASSWORD"),
             verify_ssl=_env_bool(env, "INFLUX_VERIFY_SSL", True),
             ca_file=env.get("INFLUX_CA_FILE"),
-            timeout_ms=_env_int(env, "INFLUX_TIMEOUT_MS", cls.timeout_ms),
-            batch_size=_env_int(env, "INFLUX_BATCH_SIZE", cls.batch_size),
-            max_retry_s=_env_float(env, "INFLUX_MAX_RETRY_S", cls.max_retry_s),
-            backoff_initial_ms=_env_int(env, "INFLUX_BACKOFF_INITIAL_MS", cls.backoff_initial_ms),
-            backoff_max_ms=_env_int(env, "INFLUX_BACKOFF_MAX_MS", cls.backoff_max_ms),
+            timeout_ms=_env_number(env, "INFLUX_TIMEOUT_MS", cls.timeout_ms),
+            batch_size=_env_number(env, "INFLUX_BATCH_SIZE", cls.batch_size),
+            max_retry_s=_env_number(env, "INFLUX_MAX_RETRY_S", cls.max_retry_s),
+            backoff_initial_ms=_env_number(env, "INFLUX_BACKOFF_INITIAL_MS", cls.backoff_initial_ms),
+            backoff_max_ms=_env_number(env, "INFLUX_BACKOFF_MAX_MS", cls.backoff_max_ms),
             gzip=_env_bool(env, "INFLUX_GZIP", True),
         )
         return config.validate(src, names)
@@ -400,27 +401,18 @@ def _alias(
     return a if a is not None else b
 
 
-def _env_int(env: Mapping[str, str], key: str, default: int) -> int:
+def _env_number(env: Mapping[str, str], key: str, default: _N) -> _N:
+    """``key`` parsed as the type of ``default`` (int or float); a ConfigError names it otherwise."""
     raw = env.get(key)
     if raw is None:
         return default
+    kind = type(default)
     try:
-        return int(raw)
+        return kind(raw)
     except ValueError:
+        what = "an integer" if kind is int else "a number"
         raise ConfigError(
-            "environment", key, f"{raw!r} is not an integer", f"set {key} to e.g. {default}"
-        ) from None
-
-
-def _env_float(env: Mapping[str, str], key: str, default: float) -> float:
-    raw = env.get(key)
-    if raw is None:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(
-            "environment", key, f"{raw!r} is not a number", f"set {key} to e.g. {default:g}"
+            "environment", key, f"{raw!r} is not {what}", f"set {key} to e.g. {default:g}"
         ) from None
 
 

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import re
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 import apache_beam as beam
@@ -43,11 +44,17 @@ class InvalidStatus(ValueError):
         self.reason, self.detail = reason, detail
 
 
+@cache
+def _status_topic_re() -> re.Pattern[str]:
+    """The contract's status topic with its identifiers as named groups."""
+    regex = re.escape(load_contract().topics["gateway_status"]["pattern"])
+    for name in IDS:
+        regex = regex.replace(re.escape("{" + name + "}"), f"(?P<{name}>[^/]+)")
+    return re.compile(regex)
+
+
 def _topic_ids(topic: str) -> dict[str, str] | None:
-    pattern = load_contract().topics["gateway_status"]["pattern"]
-    regex = re.escape(pattern).replace(r"\{customer_id\}", "(?P<customer_id>[^/]+)")
-    regex = regex.replace(r"\{site_id\}", "(?P<site_id>[^/]+)").replace(r"\{gateway_id\}", "(?P<gateway_id>[^/]+)")
-    match = re.fullmatch(regex, topic)
+    match = _status_topic_re().fullmatch(topic)
     return match.groupdict() if match else None
 
 

@@ -11,12 +11,15 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -188,3 +191,25 @@ def victoria_metrics(workdir: Path) -> Server:
         workdir,
         ready=lambda: _http_ok(f"http://127.0.0.1:{port}/health"),
     )
+
+
+class LocalHTTPServer:
+    """A real HTTP(S) server on a free loopback port, serving ``handler`` in a thread.
+
+    For tests of HTTP clients against servers FleetPulse does not ship (status
+    codes, size limits, TLS failures); ``close()`` stops it.
+    """
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None = None) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()

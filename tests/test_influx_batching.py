@@ -15,7 +15,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from fleetpulse.pipeline.sinks.influx import (
 )
 
 from . import servers
-from .servers import Server, wait_until
+from .servers import LocalHTTPServer, Server, wait_until
 
 HOUR_S = 3600
 DAY_S = 86400
@@ -250,15 +250,11 @@ class SizeLimitedServer:
             def log_message(self, format: str, *args: Any) -> None:
                 """Quiet: the test asserts on what was recorded."""
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
+        self.server = LocalHTTPServer(Handler)
+        self.url = self.server.url
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
+        self.server.close()
 
 
 @pytest.fixture

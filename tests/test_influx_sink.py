@@ -17,14 +17,13 @@ import math
 import shutil
 import ssl
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -50,7 +49,7 @@ from fleetpulse.pipeline.sinks.influx import (
 from fleetpulse.pipeline.sinks.line_protocol import TS_S_MAX, InvalidPoint, to_line
 from fleetpulse.schemas.influx import DesignViolation, load_influx_design
 
-from .servers import Server, free_port, wait_until
+from .servers import LocalHTTPServer, Server, free_port, wait_until
 
 DAY_S = 86400
 HOUR_S = 3600
@@ -716,18 +715,11 @@ class ScriptedServer:
             def log_message(self, format: str, *args: Any) -> None:
                 """Quiet: the test asserts on what was recorded."""
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        if tls is not None:
-            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
-        scheme = "https" if tls is not None else "http"
-        self.url = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
+        self.server = LocalHTTPServer(Handler, tls)
+        self.url = self.server.url
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
+        self.server.close()
 
 
 @pytest.fixture

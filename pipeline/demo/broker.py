@@ -56,7 +56,17 @@ class InProcessBroker:
         if self._broker is not None:
             asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop).result(timeout=30)
             self._broker = None
+            # amqtt leaves client-session tasks behind: end them so their
+            # connections close here rather than when the loop is collected.
+            asyncio.run_coroutine_threadsafe(_cancel_others(), self._loop).result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         if not self._thread.is_alive():
             self._loop.close()
+
+
+async def _cancel_others() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,11 @@ REASONS = (
     "event_time_in_future",
     "event_time_too_old",
     "topic_mismatch",
+    "bad_compression",
 )
+
+#: RFC 1952 magic: a gzip-compressed gateway batch.
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 class InvalidTelemetry(RejectedInput):
@@ -218,7 +223,23 @@ class Validator:
         return valid, rejected
 
     # -------------------------------------------------------------- payloads
-    def _json(self, payload: bytes) -> Any:
+    def _gunzip(self, payload: bytes) -> bytes:
+        """Inflate a gzip batch, refusing one that inflates past the payload limit."""
+        limit = self._limits.max_payload_bytes
+        inflater = zlib.decompressobj(wbits=31)  # 31: gzip header and trailer
+        try:
+            out = inflater.decompress(payload, limit + 1)
+            if len(out) > limit:
+                raise InvalidTelemetry("payload_too_large", f"inflates past {limit} bytes")
+            if not inflater.eof or inflater.unused_data:
+                raise InvalidTelemetry("bad_compression", "truncated gzip data or bytes after it")
+        except zlib.error as exc:
+            raise InvalidTelemetry("bad_compression", f"not valid gzip: {exc}") from None
+        return out
+
+    def _json(self, payload: bytes, *, gzip_allowed: bool = False) -> Any:
+        if gzip_allowed and payload[:2] == GZIP_MAGIC and len(payload) <= self._limits.max_payload_bytes:
+            payload = self._gunzip(payload)
         if len(payload) > self._limits.max_payload_bytes:
             raise InvalidTelemetry(
                 "payload_too_large",
@@ -261,7 +282,7 @@ class Validator:
         good envelope rejects only that record.
         """
         try:
-            obj = self._json(payload)
+            obj = self._json(payload, gzip_allowed=True)
             if not isinstance(obj, dict):
                 raise InvalidTelemetry("not_object", "a batch must be a JSON object")
             if obj.get("v") != self.contract.version:

@@ -143,7 +143,9 @@ def test_password_from_env_var_named_in_config_and_masked(tmp_path: Path) -> Non
 
 
 def test_password_from_file_relative_to_config(tmp_path: Path) -> None:
-    (tmp_path / "secret.txt").write_text("from-file\nignored\n")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("from-file\nignored\n")
+    secret.chmod(0o640)
     path = write_config(tmp_path, extra_upstream='password_file = "secret.txt"\n')
     path.write_text(path.read_text().replace('username = ""', 'username = "gw1"'))
     assert load_config(path, environ={}).upstream.password == "from-file"
@@ -157,3 +159,39 @@ def test_absolute_dead_letter_path_is_kept(tmp_path: Path) -> None:
     target = tmp_path / "elsewhere" / "dl.jsonl"
     config = load_config(write_config(tmp_path, dead_letters=str(target)), environ={})
     assert config.dead_letters.path == target
+
+
+@pytest.mark.parametrize("key", ["password_file", "key_file"])
+def test_secrets_readable_by_every_user_are_refused(tmp_path: Path, key: str) -> None:
+    secret = tmp_path / "secret.pem"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o644)
+    extra = (f'{key} = "secret.pem"\n' if key == "password_file"
+             else f'cert_file = "{secret}"\nkey_file = "{secret}"\n')
+    path = write_config(tmp_path, extra_upstream=extra)
+    text = path.read_text().replace('username = ""', 'username = "gw1"')
+    if key == "key_file":
+        text = text.replace("tls = false", "tls = true")
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.key == f"upstream.{key}"
+    assert "chmod 600" in str(info.value)
+    secret.chmod(0o600)
+    load_config(path, environ={})
+
+
+def test_spool_section_defaults_resolution_and_errors(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path), environ={})
+    assert config.spool.path == tmp_path / "spool" / "c-0001-gw1"  # one spool per gateway by default
+    assert config.spool.quota_bytes == 1 << 30 and config.spool.on_full == "drop_oldest"
+    assert config.spool.ttl_s == 0
+    for text, key in (('on_full = "newest"\n', "spool.on_full"), ("quota_bytes = 10\n", "spool.quota_bytes"),
+                      ('path = ""\n', "spool.path"), ("ttl_s = -1\n", "spool.ttl_s")):
+        with pytest.raises(ConfigError) as info:
+            load_config(write_config(tmp_path, spool=text), environ={})
+        assert info.value.key == key, text
+    env = {"FLEETPULSE_GATEWAY__SPOOL__ON_FULL": "reject_new",
+           "FLEETPULSE_GATEWAY__SPOOL__PATH": str(tmp_path / "elsewhere")}
+    config = load_config(write_config(tmp_path), environ=env)
+    assert config.spool.on_full == "reject_new" and config.spool.path == tmp_path / "elsewhere"

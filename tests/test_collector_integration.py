@@ -240,7 +240,9 @@ def test_stop_drains_records_received_right_before_it(
     collector.start()
     devices.publish_all(messages)
     wait_until(lambda: collector.counters["received_records"] == 300, 30, "300 records received")
-    assert collector.pending_messages == 30  # still open, not acknowledged to the local broker
+    # On disk and acknowledged to the local broker, not yet sent.
+    wait_until(lambda: collector.backlog_records == 300, 10, "300 records spooled")
+    assert central.records() == []
     assert collector.stop(timeout_s=10) is True
     wait_until(lambda: len(central.records()) >= 300, 10, "drained records at the central broker")
     assert sorted(key(r) for r in central.records()) == sorted(
@@ -291,11 +293,11 @@ def test_nothing_is_lost_when_the_central_broker_restarts(
         wait_until(lambda: len(central.records()) >= 100, 20, "first wave at the central broker")
         central.close()
         central_broker.stop()
-        # While the central broker is down the collector keeps reading into
-        # batches, holds their device acks, and paho queues what it publishes.
+        # While the central broker is down the collector keeps spooling (and
+        # acknowledging the device side); paho holds the few batches in flight.
         devices.publish_all(second)
-        wait_until(lambda: collector.counters["received_records"] == 200, 20, "second wave received")
-        assert collector.pending_messages > 0
+        wait_until(lambda: collector.counters["spooled_records"] == 200, 20, "second wave spooled")
+        assert collector.backlog_records > 0
         before = central.records()
         central_broker.start()
         central = Central(central_broker.port, client_id="test-central-persistent", persistent=True)
@@ -363,19 +365,35 @@ def test_last_will_marks_a_vanished_gateway_offline(
             proc.wait()
 
 
-def test_cli_retries_while_upstream_is_unreachable_and_stops_on_sigterm(
-        tmp_path: Path, mosquitto: Server) -> None:
+def test_cli_spools_while_upstream_is_unreachable_and_delivers_after_a_restart(
+        tmp_path: Path, brokers: tuple[Server, Server, Central, Devices]) -> None:
+    local, central_broker, central, devices = brokers
     port = free_port()
-    path = write_config(tmp_path, local_port=mosquitto.port, upstream_port=port)
+    path = write_config(tmp_path, local_port=local.port, upstream_port=port,
+                        extra_upstream="drain_timeout_s = 1\n")
     log = tmp_path / "stderr.log"
     proc = _run_cli(path, log)
+    base = now_ms() - 60_000
     try:
-        wait_until(lambda: f"cannot reach upstream broker 127.0.0.1:{port}" in log.read_text(), 20,
+        wait_until(lambda: f"upstream broker 127.0.0.1:{port} unreachable" in log.read_text(), 20,
                    "the unreachable-broker log line")
-        assert "retrying in" in log.read_text()
+        assert "spooling" in log.read_text()
+        devices.publish_all([("dev-1", json.dumps([record("dev-1", s, ts_ms=base) for s in range(5)]).encode())])
+        wait_until(lambda: sum(f.stat().st_size for f in (tmp_path / "spool" / "c-0001-gw1").glob("*.seg")) > 0, 20,
+                   "the records in the spool")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+        assert proc.wait(timeout=20) == 0  # a drain that times out loses nothing
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    assert "5 records stay in the spool" in log.read_text()
+    # The uplink is back (here: the config now points at a reachable broker).
+    path.write_text(path.read_text().replace(f"port = {port}", f"port = {central_broker.port}"))
+    proc = _run_cli(path, tmp_path / "stderr2.log")
+    try:
+        wait_until(lambda: len(central.records()) == 5, 20, "the spooled records upstream")
+        assert sorted(key(r) for r in central.records()) == [("dev-1", 1, s) for s in range(5)]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)

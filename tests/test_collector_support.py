@@ -43,6 +43,7 @@ def config_text(
     extra_upstream: str = "",
     topic_prefix: str = "",
     status_interval_s: int = 60,
+    spool: str = "",
 ) -> str:
     """A complete collector TOML file in the documented layout."""
     return (
@@ -52,6 +53,7 @@ def config_text(
         f'[upstream]\nhost = "127.0.0.1"\nport = {upstream_port}\nclient_id = "fleetpulse-gw-c-0001-gw1"\n'
         f'tls = false\nusername = ""\nkeepalive_s = 30\n{extra_upstream}'
         f"[batch]\n{batch}"
+        f"[spool]\n{spool}"
         f"[status]\ninterval_s = {status_interval_s}\n"
         f'[dead_letters]\npath = "{dead_letters}"\n'
     )
@@ -112,10 +114,15 @@ class FakeClient:
         self.on_message: Any = None
         self.on_publish: Any = None
         self.on_subscribe: Any = None
+        self.on_connect_fail: Any = None
+        self.reconnect_delays: list[tuple[float, float]] = []
+        self.connected_async = False
+        self.online = False
+        self.queued: list[int] = []  # QoS 1 messages published while offline (paho resends them)
 
     # configuration
-    def reconnect_delay_set(self, min_delay: int = 1, max_delay: int = 120) -> None:
-        pass
+    def reconnect_delay_set(self, min_delay: float = 1, max_delay: float = 120) -> None:
+        self.reconnect_delays.append((min_delay, max_delay))
 
     def max_inflight_messages_set(self, inflight: int) -> None:
         self.max_inflight = inflight
@@ -136,8 +143,13 @@ class FakeClient:
         self.connect_kwargs = {"host": host, "port": port, "keepalive": keepalive, **kwargs}
         return 0
 
+    def connect_async(self, host: str, port: int, keepalive: int = 60, **kwargs: Any) -> None:
+        self.connected_async = True
+        self.connect_kwargs = {"host": host, "port": port, "keepalive": keepalive, **kwargs}
+
     def loop_start(self) -> None:
-        self.connected(self.connack)
+        if not self.connected_async:
+            self.connected(self.connack)
 
     def loop_stop(self) -> None:
         pass
@@ -146,11 +158,17 @@ class FakeClient:
         self.disconnected = True
 
     def connected(self, reason: str = "Success", props: Any = None) -> None:
-        """Simulate a CONNACK (also used for reconnects)."""
+        """Simulate a CONNACK (also used for reconnects); then what was queued offline goes out."""
+        self.online = reason == "Success"
         self.on_connect(self, None, SimpleNamespace(session_present=False),
                         ReasonCode(PacketTypes.CONNACK, reason), props)
+        if self.online and self.auto_puback:
+            queued, self.queued = self.queued, []
+            for mid in queued:
+                self.puback(mid)
 
     def lost(self) -> None:
+        self.online = False
         self.on_disconnect(self, None, SimpleNamespace(), ReasonCode(PacketTypes.DISCONNECT,
                                                                      "Unspecified error"), None)
 
@@ -166,7 +184,9 @@ class FakeClient:
             info = self.infos[mid] = FakeInfo(mid)
             self.published.append(SimpleNamespace(topic=topic, payload=payload, qos=qos,
                                                   retain=retain, mid=mid))
-        if self.auto_puback:
+        if not self.online:
+            self.queued.append(mid)
+        elif self.auto_puback:
             self.puback(mid)
         return info
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -96,13 +97,54 @@ def test_topic_prefix_is_prepended_to_the_subscription(tmp_path: Path, clock: Fa
     assert collector.stop(timeout_s=1)
 
 
-def test_unreachable_broker_raises_transient_error_naming_it(tmp_path: Path) -> None:
-    factory = FakeFactory(upstream={"connect_error": ConnectionRefusedError(111, "Connection refused")})
+def test_unreachable_local_broker_raises_transient_error_naming_it(tmp_path: Path) -> None:
+    factory = FakeFactory(local={"connect_error": ConnectionRefusedError(111, "Connection refused")})
     collector = Collector(make_config(tmp_path), client_factory=factory)
-    with pytest.raises(BrokerUnreachable, match=r"cannot reach upstream broker 127\.0\.0\.1:1883: .*refused"):
+    with pytest.raises(BrokerUnreachable, match=r"cannot reach local broker 127\.0\.0\.1:1883: .*refused"):
         collector.start()
-    assert factory.local.disconnected  # nothing left half-open
     assert collector.stop(timeout_s=30) is True  # returns at once: there is nothing to drain
+    Collector(make_config(tmp_path), client_factory=FakeFactory()).start()  # the spool was unlocked
+
+
+def test_unreachable_upstream_does_not_stop_the_gateway_it_spools_and_drains_later(
+        tmp_path: Path, clock: FakeClock) -> None:
+    factory = FakeFactory(upstream={"connect_error": ConnectionRefusedError(111, "Connection refused")})
+    collector = Collector(make_config(tmp_path, max_records=2), client_factory=factory, clock=clock)
+    collector.start()
+    assert factory.upstream.connected_async  # paho keeps trying in the background
+    factory.local.deliver(TOPIC.format("dev-001"), payload(record(seq=0), record(seq=1)), mid=1)
+    assert collector.tick()
+    assert factory.local.acks == [(1, 1)]  # on disk: acknowledged to the device side
+    assert collector.backlog_records == 2
+    factory.upstream.connected()  # the central broker is back
+    assert collector.wait_idle(5)
+    assert [r["seq"] for b in batches(factory) for r in b["records"]] == [0, 1]
+    assert collector.stop(timeout_s=1)
+
+
+def test_reconnect_delays_are_jittered_capped_and_reset_after_a_connect(tmp_path: Path) -> None:
+    import random
+
+    from fleetpulse.devices.collector.collector import Backoff
+
+    backoff = Backoff(500, 8000, random.Random(7))
+    delays = [backoff.next_s() for _ in range(8)]
+    for n, delay in enumerate(delays):
+        ceiling = min(8.0, 0.5 * 2**n)
+        assert ceiling / 2 <= delay <= ceiling
+    assert len(set(delays[4:])) == 4  # capped, but not in lockstep
+    backoff.reset()
+    assert backoff.next_s() <= 0.5
+    # The collector hands paho one jittered delay per disconnect.
+    factory = FakeFactory()
+    collector = Collector(make_config(tmp_path), client_factory=factory)
+    collector.start()
+    before = len(factory.upstream.reconnect_delays)
+    for _ in range(3):
+        factory.upstream.lost()
+    lows = [low for low, high in factory.upstream.reconnect_delays[before:]]
+    assert len(lows) == 3 and lows[0] <= 0.5 < lows[2] <= 2.0
+    collector.stop(timeout_s=0.1)
 
 
 def test_refused_credentials_are_terminal(tmp_path: Path) -> None:
@@ -134,27 +176,28 @@ def test_unreadable_tls_files_are_a_config_error_at_start(tmp_path: Path) -> Non
 
 # ------------------------------------------------------------------ batching
 @with_collector(max_records=3, max_interval_ms=10_000)
-def test_batches_by_count_and_acks_device_message_only_when_all_its_records_are_upstream(
+def test_batches_by_count_and_acks_the_device_message_once_its_records_are_on_disk(
         running: tuple[Collector, FakeFactory], clock: FakeClock) -> None:
     collector, factory = running
     factory.local.deliver(TOPIC.format("dev-001"), payload(*[record(seq=i) for i in range(7)]), mid=41)
     assert collector.tick()
+    assert factory.local.acks == [(41, 1)]  # durable in the spool
     got = batches(factory)
     assert [len(b["records"]) for b in got] == [3, 3]
-    assert [b["batch_seq"] for b in got] == [0, 1]
+    assert [b["batch_seq"] for b in got] == [0, 3]  # the spool index of each batch's first record
     assert all(b["customer_id"] == "c-0001" and b["site_id"] == "c-0001-s1"
                and b["gateway_id"] == "c-0001-gw1" and b["sent_ms"] == NOW_MS for b in got)
-    assert factory.local.acks == []  # the 7th record is still in the open batch
-    assert collector.pending_messages == 1
+    assert collector.backlog_records == 1  # the 7th waits for max_interval_ms
 
     clock.advance(10_000)
     assert collector.tick()
     assert [len(b["records"]) for b in batches(factory)] == [3, 3, 1]
-    assert factory.local.acks == [(41, 1)]
     assert collector.wait_idle(timeout_s=1)
     counters = collector.counters
     assert counters["received_messages"] == 1 and counters["received_records"] == 7
+    assert counters["spooled_records"] == 7
     assert counters["sent_records"] == 7 and counters["sent_batches"] == 3
+    assert counters["spool_backlog_records"] == 0
 
 
 @with_collector(max_records=500, max_interval_ms=1000)
@@ -236,27 +279,27 @@ def test_invalid_input_is_dead_lettered_with_reason_counted_and_acked(
     assert counters["dead_letters"] == 6 and counters["errors"] == 0
     assert counters["received_messages"] == 4
     assert counters["received_records"] == counters["sent_records"] + 6 == 7
-    # every QoS 1 message is acknowledged locally, the valid one after its batch's PUBACK
+    # every QoS 1 message is acknowledged locally, the valid one once spooled
     assert sorted(factory.local.acks) == [(1, 1), (2, 1), (3, 1)]
 
 
 # --------------------------------------------------------------- back-pressure
 @with_collector(max_records=1, max_inflight_batches=2, fake={"upstream": {"auto_puback": False}})
-def test_inflight_cap_holds_batches_and_device_acks_until_pubacks_free_space(
+def test_inflight_cap_keeps_the_rest_on_disk_until_pubacks_free_space(
         running: tuple[Collector, FakeFactory]) -> None:
     collector, factory = running
     for seq in range(5):
         factory.local.deliver(TOPIC.format("dev-001"), payload(record(seq=seq)), mid=100 + seq)
     assert collector.tick()
-    assert len(factory.upstream.topics(BATCHES)) == 2  # the cap; 3 batches wait, nothing dropped
-    assert factory.local.acks == []
-    assert collector.pending_messages == 5
+    assert len(factory.upstream.topics(BATCHES)) == 2  # the cap; 3 records wait on disk
+    assert sorted(factory.local.acks) == [(100 + s, 1) for s in range(5)]
+    assert collector.backlog_records == 5 and collector.spool.unread_records == 3
 
     first = factory.upstream.topics(BATCHES)[0]
     factory.upstream.puback(first.mid)
     assert collector.tick()
     assert len(factory.upstream.topics(BATCHES)) == 3
-    assert factory.local.acks == [(100, 1)]
+    assert collector.backlog_records == 4
 
     for p in factory.upstream.topics(BATCHES)[1:]:
         factory.upstream.puback(p.mid)
@@ -267,7 +310,22 @@ def test_inflight_cap_holds_batches_and_device_acks_until_pubacks_free_space(
     assert [json.loads(p.payload)["records"][0]["seq"] for p in factory.upstream.topics(BATCHES)] == [
         0, 1, 2, 3, 4]
     assert collector.wait_idle(timeout_s=1)
-    assert sorted(factory.local.acks) == [(100 + s, 1) for s in range(5)]
+
+
+@with_collector(max_records=2, fake={"upstream": {"auto_puback": False}})
+def test_out_of_order_pubacks_release_only_the_acknowledged_prefix(
+        running: tuple[Collector, FakeFactory]) -> None:
+    collector, factory = running
+    factory.local.deliver(TOPIC.format("dev-001"), payload(*[record(seq=i) for i in range(6)]), mid=1)
+    assert collector.tick()
+    first, second, third = factory.upstream.topics(BATCHES)
+    factory.upstream.puback(third.mid)
+    factory.upstream.puback(second.mid)
+    assert collector.tick()
+    assert collector.backlog_records == 6  # the first batch still holds the spool's head
+    factory.upstream.puback(first.mid)
+    assert collector.tick()
+    assert collector.backlog_records == 0
 
 
 @with_collector(max_records=1, max_inflight_batches=64, fake={"upstream": {"auto_puback": False}})
@@ -281,22 +339,6 @@ def test_inflight_batches_stay_within_the_brokers_receive_maximum(
     assert len(factory.upstream.topics(BATCHES)) == 3  # 4 minus one for the status message
 
 
-def test_full_local_window_flushes_the_open_batch_early(tmp_path: Path, clock: FakeClock) -> None:
-    # receive_maximum = 3: the broker sends no 4th message until we ack, so waiting
-    # for max_interval_ms would only stall the flow.
-    path = write_config(tmp_path)
-    path.write_text(path.read_text().replace("topic_prefix", "receive_maximum = 3\ntopic_prefix"))
-    factory = FakeFactory()
-    collector = Collector(load_config(path, environ={}), client_factory=factory, clock=clock)
-    collector.start()
-    for seq in range(3):
-        factory.local.deliver(TOPIC.format("dev-001"), payload(record(seq=seq)), mid=seq + 1)
-    assert collector.tick()
-    assert [len(b["records"]) for b in batches(factory)] == [3]
-    assert collector.wait_idle(timeout_s=1)
-    assert collector.stop(timeout_s=1)
-
-
 @with_collector(max_records=1)
 def test_refused_batch_is_counted_and_resent(running: tuple[Collector, FakeFactory],
                                              clock: FakeClock) -> None:
@@ -307,36 +349,40 @@ def test_refused_batch_is_counted_and_resent(running: tuple[Collector, FakeFacto
     (first,) = factory.upstream.topics(BATCHES)
     factory.upstream.puback(first.mid, reason="Quota exceeded")
     assert collector.tick()
-    assert collector.counters["errors"] == 1 and factory.local.acks == []
+    assert collector.counters["errors"] == 1 and factory.local.acks == [(7, 1)]
+    assert collector.backlog_records == 1
     assert len(factory.upstream.topics(BATCHES)) == 1  # waits before resending
     clock.advance(5000)
     assert collector.tick()
     resent = factory.upstream.topics(BATCHES)[1]
     assert json.loads(resent.payload)["records"] == json.loads(first.payload)["records"]
-    assert json.loads(resent.payload)["sent_ms"] == NOW_MS + 5000
+    assert resent.payload == first.payload  # the same batch, as paho would resend it
     factory.upstream.puback(resent.mid)
     assert collector.wait_idle(timeout_s=1)
-    assert factory.local.acks == [(7, 1)]
+    assert collector.counters["sent_records"] == 1
 
 
 # ----------------------------------------------------------------- reconnects
-@with_collector(max_records=1, fake={"upstream": {"auto_puback": False}})
+@with_collector(max_records=1)
 def test_local_reconnect_resubscribes_counts_and_never_acks_stale_packet_ids(
         running: tuple[Collector, FakeFactory]) -> None:
     collector, factory = running
+    gate = threading.Event()
+    commit = collector.spool.commit
+    collector.spool.commit = lambda: (gate.wait(5), commit())[1]  # type: ignore[method-assign]
     factory.local.deliver(TOPIC.format("dev-001"), payload(record(seq=0)), mid=5)
-    assert collector.tick()
-    factory.local.lost()
+    factory.local.lost()  # before the record was durable
     factory.local.connected()
-    assert factory.local.subscriptions == [("fleetpulse/v1/devices/+/telemetry", 1)] * 2
-    # the broker redelivers mid 5 on the new connection; it is forwarded again
-    factory.local.deliver(TOPIC.format("dev-001"), payload(record(seq=0)), mid=5)
+    gate.set()
     assert collector.tick()
-    for p in factory.upstream.topics(""):  # batches and the first status
-        factory.upstream.puback(p.mid)
+    assert factory.local.subscriptions == [("fleetpulse/v1/devices/+/telemetry", 1)] * 2
+    assert factory.local.acks == []  # packet id 5 of the old connection means nothing now
+    # the broker redelivers mid 5 on the new connection; it is spooled (again) and acknowledged
+    factory.local.deliver(TOPIC.format("dev-001"), payload(record(seq=0)), mid=5)
     assert collector.wait_idle(timeout_s=1)
-    assert factory.local.acks == [(5, 1)]  # once, for the redelivered copy
+    assert factory.local.acks == [(5, 1)]
     assert collector.counters["reconnects"] == 1
+    assert collector.counters["sent_records"] == 2  # a duplicate, same (device, boot, seq)
 
     factory.upstream.lost()
     factory.upstream.connected()
@@ -352,12 +398,11 @@ def test_stop_flushes_open_batch_waits_for_pubacks_and_says_offline(
     collector, factory = running
     factory.local.deliver(TOPIC.format("dev-001"), payload(*[record(seq=i) for i in range(10)]), mid=9)
     assert collector.tick()
-    assert batches(factory) == []
+    assert batches(factory) == [] and factory.local.acks == [(9, 1)]
     with caplog.at_level(logging.INFO, logger="fleetpulse.devices.collector"):
         assert collector.stop(timeout_s=5) is True
     (batch,) = batches(factory)
     assert len(batch["records"]) == 10
-    assert factory.local.acks == [(9, 1)]
     last = json.loads(factory.upstream.topics(STATUS)[-1].payload)
     assert last["state"] == "offline" and last["counters"]["sent_records"] == 10
     assert factory.local.disconnected and factory.upstream.disconnected
@@ -365,17 +410,25 @@ def test_stop_flushes_open_batch_waits_for_pubacks_and_says_offline(
                for r in caplog.records)
 
 
-@with_collector(max_records=1, fake={"upstream": {"auto_puback": False}})
-def test_drain_timeout_returns_false_with_a_clear_log_line(
-        running: tuple[Collector, FakeFactory], caplog: pytest.LogCaptureFixture) -> None:
-    collector, factory = running
+def test_drain_timeout_keeps_the_records_in_the_spool_for_the_next_start(
+        tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    config = make_config(tmp_path, max_records=1)
+    factory = FakeFactory(upstream={"auto_puback": False})
+    collector = Collector(config, client_factory=factory, clock=clock)
+    collector.start()
     factory.local.deliver(TOPIC.format("dev-001"), payload(record(seq=0)), mid=3)
     assert collector.tick()
     with caplog.at_level(logging.WARNING, logger="fleetpulse.devices.collector"):
         assert collector.stop(timeout_s=0.2) is False
-    assert factory.local.acks == []  # the local broker keeps it for the next start
-    assert any("drain timed out" in r.message and "1 batches (1 records)" in r.message
+    assert factory.local.acks == [(3, 1)]  # it is on disk
+    assert any("drain timed out" in r.message and "1 records stay in the spool" in r.message
                for r in caplog.records)
+    again = FakeFactory()
+    restarted = Collector(config, client_factory=again, clock=clock)
+    restarted.start()
+    assert restarted.wait_idle(timeout_s=2)
+    assert [r["seq"] for b in batches(again) for r in b["records"]] == [0]
+    assert restarted.stop(timeout_s=1)
 
 
 def test_batches_pass_the_shared_envelope_validator(tmp_path: Path, clock: FakeClock) -> None:

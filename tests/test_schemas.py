@@ -88,7 +88,8 @@ def test_each_invalid_record_names_its_reason(reason, record):
 
 def test_every_reason_is_exercised_somewhere():
     exercised = {r for r, _ in INVALID} | {
-        "payload_too_large", "not_utf8", "not_json", "too_many_records", "topic_mismatch"
+        "payload_too_large", "not_utf8", "not_json", "too_many_records", "topic_mismatch",
+        "bad_compression",
     }
     assert exercised == set(REASONS)
 

@@ -82,8 +82,8 @@ def serve(config: CollectorConfig, *, stop: threading.Event | None = None) -> in
                 log.error("%s", exc)
                 return 1
         stop.wait()
-        # A drain that times out loses nothing (the local broker redelivers the
-        # un-acknowledged device messages at the next start), so it is no failure.
+        # A drain that times out loses nothing (the records stay in the spool
+        # for the next start), so it is no failure.
         collector.stop()
         return 0
     finally:

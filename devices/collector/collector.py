@@ -1,44 +1,48 @@
-"""The gateway collector: local broker → validate → stamp → batch → central broker, losing nothing.
+"""The gateway collector: local broker → validate → durable spool → batches → central broker.
 
 Run it with ``fleetpulse gateway run --config gateway.toml``; embed it as::
 
     collector = Collector(load_config("gateway.toml"))
-    collector.start()          # TransientError if a broker cannot be reached
+    collector.start()          # TransientError if the local broker cannot be reached
     ...
-    collector.stop()           # drain: flush, wait for every PUBACK, disconnect
+    collector.stop()           # commit, drain what the uplink takes in time, disconnect
 
 Delivery. Device messages are read from the gateway's local broker with QoS 1
-on a persistent MQTT v5 session and acknowledged there (manual PUBACK) only
-after every batch holding their records was acknowledged by the central
-broker. Until then the local broker keeps them: a crash or a drain timeout
-means redelivery at the next start (duplicates, removed downstream by
-``(device_id, boot, seq)``), never loss. Batches go upstream with QoS 1 on a
-persistent session with a fixed client id; paho resends un-acknowledged ones
-after a reconnect. Durable on-disk spooling comes later.
+on a persistent MQTT v5 session. Their valid records are appended to the
+on-disk spool (:mod:`.spool`) and the device message is acknowledged there
+(manual PUBACK) only once the spool has fsynced them (group commit: one fsync
+for every record that arrived meanwhile). A crash before that means the local
+broker redelivers; after it, the record is on disk. Batches are read back from
+the spool, published with QoS 1 on a persistent session with a fixed client
+id, and released from the spool when the central broker acknowledges them.
+Whatever was in flight when the collector died is sent again at the next
+start: the only duplicates are those, and downstream removes them by
+``(device_id, boot, seq)``. The spool is one FIFO, so each device's records
+go upstream in the order they arrived.
 
-Threads and back-pressure. paho runs one network thread per client. Their
-callbacks never touch collector state and never call paho: they put an event
-on a queue that one worker thread consumes. The worker alone validates,
-batches, writes dead letters, publishes and acknowledges, so no lock is held
-across a paho call (paho calls ``on_publish`` while holding its own
-out-message lock, and ``publish()`` takes that lock: a collector lock shared
-by both would deadlock). At most ``batch.max_inflight_batches`` batches wait
-for a PUBACK; beyond that finished batches wait in memory, and since their
-device messages stay un-acknowledged the local broker stops sending once
-``local.receive_maximum`` messages are outstanding (MQTT v5 flow control, the
-broker's side of the back-pressure, nothing blocks). QoS 0 device messages
-need no acknowledgement and so escape that window: as a backstop the local
-``on_message`` callback blocks when ``2 × receive_maximum`` messages are
-outstanding. That blocks only the local client's network thread; the PUBACKs
-that free space arrive on the upstream client's thread and the worker is
-independent, so this cannot deadlock (if it lasts longer than the local
-keepalive the local broker drops the connection, paho reconnects and the
-broker redelivers what was not acknowledged).
+The uplink may be down for days: the collector starts without it, spools
+within ``spool.quota_bytes`` (``on_full`` says what gives when it is full,
+every drop counted by reason) and reconnects with capped exponential backoff
+and jitter, so a thousand gateways coming back after a central outage do not
+arrive in lockstep.
+
+Threads. paho runs one network thread per client. Their callbacks never touch
+collector state and never call paho: they put an event on a queue that one
+worker thread consumes. The worker alone validates, spools, commits, writes
+dead letters, publishes and acknowledges, so no lock is held across a paho call
+(paho calls ``on_publish`` while holding its own out-message lock, and
+``publish()`` takes that lock: a collector lock shared by both would deadlock).
+At most ``batch.max_inflight_batches`` batches wait for a PUBACK; the rest stay
+on disk, so memory does not grow with the backlog. QoS 0 device messages need no
+acknowledgement and so escape the local broker's receive window: as a backstop
+the local ``on_message`` callback blocks when ``2 × receive_maximum`` messages
+are waiting for the worker.
 
 Counters (the names every FleetPulse component uses): received_messages,
-received_records, sent_records / sent_batches (acknowledged upstream),
-dropped_records by reason (each rejection counts once; a payload refused whole
-counts as one), dead_letters, errors, reconnects.
+received_records, spooled_records (made durable), sent_records / sent_batches
+(acknowledged upstream), dropped_records by reason (validation reasons;
+spool_quota, spool_ttl, spool_corrupt), dead_letters, errors, reconnects; and
+the gauges spool_backlog_records, spool_bytes.
 """
 
 from __future__ import annotations
@@ -46,32 +50,36 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import random
 import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from fleetpulse.errors import ConfigError, TerminalError, TransientError
 from fleetpulse.schemas import Rejection, Validator, dead_letter, load_contract
 
-from .batching import Batch, Batcher, MessageToken, encode_record
+from .batching import Envelope, encode_record
 from .config import CollectorConfig
+from .spool import Position, Spool, SpoolLocked
 
 log = logging.getLogger(__name__)
 
 COUNTER_NAMES = (
     "received_messages",
     "received_records",
+    "spooled_records",
     "sent_records",
     "sent_batches",
     "dead_letters",
     "errors",
     "reconnects",
 )
+GAUGE_NAMES = ("spool_backlog_records", "spool_bytes")
 #: CONNACK reason codes that retrying will not fix (MQTT v5 §3.2.2.2).
 _REFUSED_FOR_GOOD = {0x84, 0x85, 0x86, 0x87, 0x8C}
 #: Longest the worker sleeps without looking at its timers (an injected clock may jump).
@@ -85,7 +93,7 @@ class BrokerUnreachable(TransientError):
 
 
 class BrokerRefused(TerminalError):
-    """A broker refused the connection for a reason retrying won't fix (credentials, ACL)."""
+    """A broker refused the connection for a reason retrying won't fix (credentials, ACL, TLS)."""
 
 
 @dataclass(frozen=True)
@@ -124,17 +132,44 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class Backoff:
+    """Capped exponential reconnect delays with jitter ("equal jitter": half fixed, half random).
+
+    Attempt n waits between d/2 and d where d = min(max_ms, min_ms × 2ⁿ): never
+    a hot loop, never longer than the cap, and gateways that lost the same broker
+    at the same moment spread out instead of reconnecting in lockstep.
+    """
+
+    def __init__(self, min_ms: int, max_ms: int, rng: random.Random | None = None) -> None:
+        self.min_ms = min_ms
+        self.max_ms = max_ms
+        self._rng = rng or random.Random()
+        self._attempt = 0
+
+    def next_s(self) -> float:
+        ceiling = min(self.max_ms, self.min_ms * (2 ** min(self._attempt, 40)))
+        self._attempt += 1
+        return (ceiling / 2 + self._rng.uniform(0, ceiling / 2)) / 1000
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
 class Counters:
     """Thread-safe counters with the shared FleetPulse names."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values = dict.fromkeys(COUNTER_NAMES, 0)
+        self._values = dict.fromkeys(COUNTER_NAMES + GAUGE_NAMES, 0)
         self._dropped: dict[str, int] = {}
 
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._values[name] += n
+
+    def set(self, name: str, value: int) -> None:
+        with self._lock:
+            self._values[name] = value
 
     def drop(self, reason: str, n: int = 1) -> None:
         with self._lock:
@@ -148,6 +183,16 @@ class Counters:
 
 
 # ---------------------------------------------------------------- worker events
+@dataclass(eq=False)
+class MessageToken:
+    """One device message from the local broker, until its records are durable."""
+
+    mid: int
+    qos: int
+    generation: int  # local connection it arrived on: packet ids mean nothing on another
+    topic: str = ""
+
+
 @dataclass(frozen=True)
 class _Received:
     topic: str
@@ -174,13 +219,26 @@ class _Wake:
         self.done = threading.Event()
 
 
+@dataclass(eq=False)
+class _Sent:
+    """A batch handed to the upstream client (or a stretch of skipped records), in spool order."""
+
+    end: Position  # releasing this releases every record before it
+    records: int
+    payload: bytes = b""
+    first_index: int = 0
+    acked: bool = False
+    mid: int | None = None
+    refusals: int = field(default=0)
+
+
 class Collector:
     """One gateway's collector. Lifecycle: construct (no I/O) → ``start()`` → ``stop()``.
 
     ``client_factory`` builds the two MQTT clients (paho's by default; tests
     pass fakes), ``clock`` returns wall-clock epoch milliseconds (event-time
-    checks, ``sent_ms``, batch deadlines, status timing). A collector is
-    started once; after a failed ``start()`` build a new one.
+    checks, ``sent_ms``, batch deadlines, spool TTL, status timing). A
+    collector is started once; after a failed ``start()`` build a new one.
     """
 
     def __init__(
@@ -189,6 +247,7 @@ class Collector:
         *,
         client_factory: Callable[[ClientSpec], Any] = paho_client,
         clock: Callable[[], int] = wall_clock_ms,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self._clock = clock
@@ -200,32 +259,49 @@ class Collector:
         self.batch_topic = self._contract.topic("gateway_batches", **id_args)
         self.status_topic = self._contract.topic("gateway_status", **id_args)
         self.subscription = config.local.topic_prefix + self._contract.subscription("device_telemetry")
-        self._batcher = Batcher(
-            customer_id=ids.customer_id,
-            site_id=ids.site_id,
-            gateway_id=ids.gateway_id,
-            max_records=config.batch.max_records,
-            max_interval_ms=config.batch.max_interval_ms,
+        self._envelope = Envelope(
+            **id_args,
             max_payload_bytes=self._contract.limits.max_payload_bytes,
+            compression=config.batch.compression,
+        )
+        # Records are read back from the spool within this many payload bytes: the
+        # commas between max_records records always fit beside them.
+        self._read_budget = self._envelope.max_body_bytes - config.batch.max_records
+        self.spool = Spool(
+            config.spool.path,
+            quota_bytes=config.spool.quota_bytes,
+            on_full=config.spool.on_full,
+            ttl_s=config.spool.ttl_s,
+            clock=clock,
         )
         self._counters = Counters()
         self._events: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._backoff = {
+            role: Backoff(config.upstream.reconnect_min_ms, config.upstream.reconnect_max_ms, rng)
+            for role in ("local", "upstream")
+        }
 
         # Worker-thread state (only the worker touches these once started).
-        self._ready: deque[Batch] = deque()
-        self._inflight: dict[int, Batch] = {}
+        self._sent: deque[_Sent] = deque()  # in spool order
+        self._inflight: dict[int, _Sent] = {}
+        self._retry: deque[_Sent] = deque()  # refused by the broker, to resend
         self._retry_at_ms: int | None = None
+        self._batch_due_ms: int | None = None
+        self._uncommitted: list[MessageToken] = []
+        self._uncommitted_since_ms = 0
+        self._seen_drops: dict[str, int] = {}
         self._status_mid: int | None = None
         self._next_status_ms = 0
         self._last_status_ms = 0
         self._draining = False
-        self._holding = False  # logging: inside a back-pressure episode
+        self._holding = False  # logging: inside an uplink-full episode
         self._dead_letters: IO[str] | None = None
 
-        # Messages handed to the worker and not yet settled (acked or dead-lettered).
+        # Messages handed to the worker and not yet settled (spooled or dead-lettered).
         self._pending_cond = threading.Condition()
         self._pending_messages = 0
         self._pending_cap = 2 * config.local.receive_maximum
+        self._backlog = 0  # spool records not yet acknowledged upstream (for wait_idle)
         # Local connection epoch: a PUBACK for a packet id of an older connection
         # would acknowledge some other message on the new one.
         self._ack_lock = threading.Lock()
@@ -259,19 +335,26 @@ class Collector:
 
     @property
     def pending_messages(self) -> int:
-        """Device messages received but not yet acknowledged upstream or dead-lettered."""
+        """Device messages received but not yet spooled (durably) or dead-lettered."""
         with self._pending_cond:
             return self._pending_messages
 
-    def wait_idle(self, timeout_s: float = 30.0) -> bool:
-        """Wait until every device message received so far is settled.
+    @property
+    def backlog_records(self) -> int:
+        """Spooled records the central broker has not acknowledged yet."""
+        with self._pending_cond:
+            return self._backlog
 
-        Settled means: all its valid records are in batches the central broker
-        acknowledged, and its invalid ones are in the dead-letter file. Returns
-        False on timeout. Open batches still flush on their own timers.
+    def wait_idle(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every device message received so far is settled and the spool is empty.
+
+        Settled means: its valid records reached the central broker (acknowledged)
+        and its invalid ones are in the dead-letter file. Returns False on timeout.
         """
         with self._pending_cond:
-            return self._pending_cond.wait_for(lambda: self._pending_messages == 0, timeout_s)
+            return self._pending_cond.wait_for(
+                lambda: self._pending_messages == 0 and self._backlog == 0, timeout_s
+            )
 
     def tick(self, timeout_s: float = 10.0) -> bool:
         """Make the worker look at its timers now and wait until it has.
@@ -285,23 +368,25 @@ class Collector:
         return wake.done.wait(timeout_s)
 
     def start(self) -> None:
-        """Open the dead-letter file, connect both brokers, subscribe, start the worker.
+        """Open the dead-letter file and the spool, connect both brokers, start the worker.
 
-        Raises :class:`BrokerUnreachable` (transient) when a broker cannot be
-        reached or does not answer within ``upstream.connect_timeout_s``,
-        :class:`BrokerRefused` (terminal) when it refuses the credentials, and
-        ConfigError for unusable TLS files or dead-letter path. Afterwards
-        paho reconnects on its own.
+        The local broker must answer: :class:`BrokerUnreachable` (transient)
+        if it does not. The central broker may be down (the spool holds the
+        data until it returns), but a refusal retrying won't fix (credentials,
+        ACL, a TLS certificate that does not verify) raises
+        :class:`BrokerRefused` (terminal). ConfigError for unusable TLS files,
+        dead-letter path or spool directory.
         """
         if self._started:
             raise RuntimeError("a Collector is started once; build a new one")
         self._started = True
         self._open_dead_letters()
+        self._open_spool()
         try:
             self._setup_local()
             self._setup_upstream()
             # Local first: if the central broker is down nothing was announced
-            # upstream, and messages already delivered stay un-acknowledged.
+            # upstream, and device data goes to the spool meanwhile.
             self._connect("local", self._local)
             self._connect("upstream", self._upstream)
         except BaseException:
@@ -310,22 +395,25 @@ class Collector:
         self._worker = threading.Thread(target=self._run, name="collector-worker", daemon=True)
         self._worker.start()
         log.info(
-            "collector %s started: local %s %s → upstream %s %s",
+            "collector %s started: local %s %s → spool %s → upstream %s %s",
             self.config.gateway.gateway_id,
             self._endpoint("local"),
             self.subscription,
+            self.config.spool.path,
             self._endpoint("upstream"),
             self.batch_topic,
         )
 
     def stop(self, timeout_s: float | None = None) -> bool:
-        """Drain and disconnect; True if every batch was acknowledged upstream in time.
+        """Commit, drain and disconnect; True if the spool was emptied in time.
 
-        Flushes the open batch, waits up to ``timeout_s`` (default
-        ``upstream.drain_timeout_s``) for every PUBACK, acknowledges the device
-        messages on the local broker, publishes the retained "offline" status
-        and disconnects. Messages that arrive once stopping began are left
-        un-acknowledged for the local broker to redeliver at the next start.
+        Commits the spool and acknowledges the device messages it holds, then
+        waits up to ``timeout_s`` (default ``upstream.drain_timeout_s``) for the
+        central broker to acknowledge everything spooled, publishes the
+        retained "offline" status and disconnects. What is not acknowledged by
+        then stays in the spool for the next start. Messages that arrive once
+        stopping began are left un-acknowledged for the local broker to
+        redeliver at the next start.
         """
         if self._worker is None or self._stopped:
             return True  # never started (or start failed: it cleaned up itself)
@@ -341,26 +429,23 @@ class Collector:
         self._events.put(_Wake())
         self._worker.join(timeout=10)
         if not drained:
-            open_records = self._batcher.open_records
-            waiting = len(self._inflight) + len(self._ready)
-            records = sum(len(b) for b in self._inflight.values()) + sum(len(b) for b in self._ready)
             log.warning(
-                "drain timed out after %.1fs: %d batches (%d records) not acknowledged by the "
-                "upstream broker %s and %d records never sent; their device messages were not "
-                "acknowledged on the local broker, which redelivers them at the next start",
+                "drain timed out after %.1fs: %d records stay in the spool %s for the next start "
+                "(%d batches awaiting the upstream broker %s)",
                 timeout,
-                waiting,
-                records,
+                self.spool.backlog_records,
+                self.config.spool.path,
+                len(self._inflight),
                 self._endpoint("upstream"),
-                open_records,
             )
-        # The PUBACKs for drained messages were queued before this DISCONNECT.
+        # The PUBACKs for spooled messages were queued before this DISCONNECT.
         self._local.disconnect()
         self._local.loop_stop()
         remaining = max(0.0, timeout - (time.monotonic() - started_at))
         self._publish_final_status(min(max(remaining, 0.2), 5.0))
         self._upstream.disconnect()
         self._upstream.loop_stop()
+        self.spool.close()
         if self._dead_letters is not None:
             self._dead_letters.close()
         log.info("collector %s stopped; counters: %s", self.config.gateway.gateway_id,
@@ -385,6 +470,29 @@ class Collector:
                 fix="point it at a writable location",
             ) from None
 
+    def _open_spool(self) -> None:
+        try:
+            report = self.spool.open()
+        except SpoolLocked as exc:
+            if self._dead_letters is not None:
+                self._dead_letters.close()
+            raise TerminalError(f"{exc}; give each collector its own spool.path") from None
+        except OSError as exc:
+            if self._dead_letters is not None:
+                self._dead_letters.close()
+            raise ConfigError(
+                source=self.config.source,
+                key="spool.path",
+                problem=f"cannot use {self.config.spool.path}: {exc.strerror or exc}",
+                fix="point it at a directory the collector's user can write (on persistent storage)",
+            ) from None
+        self._backlog = report.backlog_records
+        self._update_spool_gauges()
+        if report.backlog_records or report.torn_bytes or report.deleted_segments:
+            log.info("spool %s: %d records (%d bytes) waiting from before the restart; "
+                     "cut a torn tail of %d bytes", self.config.spool.path, report.backlog_records,
+                     report.backlog_bytes, report.torn_bytes)
+
     def _connect_properties(self, role: str) -> Any:
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
@@ -397,13 +505,19 @@ class Collector:
             props.SessionExpiryInterval = self.config.upstream.session_expiry_s
         return props
 
+    def _jitter_next_reconnect(self, role: str, client: Any) -> None:
+        """Set paho's next reconnect wait to a jittered, capped delay (paho's own has no jitter)."""
+        delay = self._backoff[role].next_s()
+        client.reconnect_delay_set(min_delay=delay, max_delay=delay)
+
     def _setup_local(self) -> None:
         client = self._local
         client.on_connect = self._on_local_connect
         client.on_disconnect = self._on_local_disconnect
         client.on_message = self._on_local_message
         client.on_subscribe = self._on_local_subscribe
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect_fail = lambda c, u: self._jitter_next_reconnect("local", c)
+        self._jitter_next_reconnect("local", client)
 
     def _setup_upstream(self) -> None:
         cfg = self.config.upstream
@@ -411,7 +525,8 @@ class Collector:
         client.on_connect = self._on_upstream_connect
         client.on_disconnect = self._on_upstream_disconnect
         client.on_publish = self._on_upstream_publish
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect_fail = lambda c, u: self._jitter_next_reconnect("upstream", c)
+        self._jitter_next_reconnect("upstream", client)
         # Room for the batches plus a status message, so paho never queues a batch itself.
         client.max_inflight_messages_set(self.config.batch.max_inflight_batches + 2)
         client.will_set(self.status_topic, self._status_payload("offline", counters={}), qos=1, retain=True)
@@ -440,31 +555,44 @@ class Collector:
     def _connect(self, role: str, client: Any) -> None:
         cfg = self.config.local if role == "local" else self.config.upstream
         v5 = cfg.protocol == "5"
+        kwargs: dict[str, Any] = {"keepalive": cfg.keepalive_s}
+        if v5:
+            kwargs.update(clean_start=False, properties=self._connect_properties(role))
         try:
-            if v5:
-                client.connect(
-                    cfg.host,
-                    cfg.port,
-                    keepalive=cfg.keepalive_s,
-                    clean_start=False,
-                    properties=self._connect_properties(role),
-                )
-            else:
-                client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
-        except OSError as exc:  # refused, unreachable, DNS, TLS handshake (ssl.SSLError)
-            raise BrokerUnreachable(f"cannot reach {role} broker {cfg.host}:{cfg.port}: {exc}") from exc
+            client.connect(cfg.host, cfg.port, **kwargs)
+        except ssl.SSLError as exc:
+            # Verification failed or the broker wants a client certificate: no retry fixes that.
+            raise BrokerRefused(
+                f"TLS with {role} broker {cfg.host}:{cfg.port} failed: {exc}; check upstream.ca_file, "
+                "cert_file/key_file and that host matches the broker's certificate"
+            ) from exc
+        except OSError as exc:  # refused, unreachable, DNS
+            if role == "local":
+                raise BrokerUnreachable(f"cannot reach {role} broker {cfg.host}:{cfg.port}: {exc}") from exc
+            log.warning("upstream broker %s:%d unreachable (%s): spooling to %s and retrying with backoff",
+                        cfg.host, cfg.port, exc, self.config.spool.path)
+            self._jitter_next_reconnect(role, client)
+            client.connect_async(cfg.host, cfg.port, **kwargs)
+            client.loop_start()
+            return
         client.loop_start()
         timeout_s = self.config.upstream.connect_timeout_s
         if not self._connack[role].wait(timeout_s):
-            raise BrokerUnreachable(
-                f"cannot reach {role} broker {cfg.host}:{cfg.port}: no CONNACK within {timeout_s}s"
-            )
+            if role == "local":
+                raise BrokerUnreachable(
+                    f"cannot reach {role} broker {cfg.host}:{cfg.port}: no CONNACK within {timeout_s}s"
+                )
+            log.warning("upstream broker %s:%d sent no CONNACK within %ds: spooling meanwhile",
+                        cfg.host, cfg.port, timeout_s)
+            return
         reason = self._connack_reason[role]
         if getattr(reason, "is_failure", False):
             text = f"{role} broker {cfg.host}:{cfg.port} refused the connection: {reason}"
             if getattr(reason, "value", 0) in _REFUSED_FOR_GOOD:
                 raise BrokerRefused(f"{text}; check {role}.client_id, username and password")
-            raise BrokerUnreachable(f"cannot reach {text}")
+            if role == "local":
+                raise BrokerUnreachable(f"cannot reach {text}")
+            log.warning("%s; spooling and retrying", text)
 
     def _abort_start(self) -> None:
         self._stopping.set()
@@ -473,6 +601,7 @@ class Collector:
         for client in (self._local, self._upstream):
             client.disconnect()
             client.loop_stop()
+        self.spool.close()
         if self._dead_letters is not None:
             self._dead_letters.close()
 
@@ -482,8 +611,10 @@ class Collector:
         self._connack_reason["local"] = reason
         if getattr(reason, "is_failure", False):
             log.error("local broker %s refused the connection: %s", self._endpoint("local"), reason)
+            self._jitter_next_reconnect("local", client)
             self._connack["local"].set()
             return
+        self._backoff["local"].reset()
         with self._ack_lock:
             self._local_generation += 1
         client.subscribe(self.subscription, qos=1)
@@ -504,16 +635,17 @@ class Collector:
     def _on_local_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         with self._ack_lock:
             self._local_generation += 1
+        self._jitter_next_reconnect("local", client)
         if not self._stopping.is_set():
-            log.warning("lost local broker %s (%s); paho reconnects", self._endpoint("local"), reason)
+            log.warning("lost local broker %s (%s); reconnecting", self._endpoint("local"), reason)
 
     def _on_local_message(self, client: Any, userdata: Any, message: Any) -> None:
         if self._stopping.is_set():
             return  # not acknowledged: the local broker redelivers it at the next start
         with self._pending_cond:
             if self._pending_messages >= self._pending_cap:
-                log.warning("back-pressure: %d device messages outstanding; pausing the local "
-                            "reader until the upstream broker acknowledges", self._pending_messages)
+                log.warning("back-pressure: %d device messages waiting for the spool; pausing the "
+                            "local reader", self._pending_messages)
                 while self._pending_messages >= self._pending_cap and not self._stopping.is_set():
                     self._pending_cond.wait(1.0)
                 if self._stopping.is_set():
@@ -530,8 +662,10 @@ class Collector:
         self._connack_reason["upstream"] = reason
         if getattr(reason, "is_failure", False):
             log.error("upstream broker %s refused the connection: %s", self._endpoint("upstream"), reason)
+            self._jitter_next_reconnect("upstream", client)
             self._connack["upstream"].set()
             return
+        self._backoff["upstream"].reset()
         # Brokers may enforce the Receive Maximum they announce, and paho does not
         # honour it (nor may its own limit change once connected): the worker keeps
         # batches plus one status message within it.
@@ -550,9 +684,10 @@ class Collector:
         self._connack["upstream"].set()
 
     def _on_upstream_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._jitter_next_reconnect("upstream", client)
         if not self._stopping.is_set():
-            log.warning("lost upstream broker %s (%s); paho reconnects and resends "
-                        "un-acknowledged batches", self._endpoint("upstream"), reason)
+            log.warning("lost upstream broker %s (%s); spooling, reconnecting with backoff and then "
+                        "resending un-acknowledged batches", self._endpoint("upstream"), reason)
 
     def _on_upstream_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         self._events.put(_Acked(mid, str(reason) if getattr(reason, "is_failure", False) else None))
@@ -575,9 +710,9 @@ class Collector:
                 event.done.set()
             if (
                 self._draining
-                and not self._ready
-                and not self._inflight
-                and self._batcher.open_batch is None
+                and not self._uncommitted
+                and not self._sent
+                and self.spool.backlog_records == 0
                 and self._events.empty()
             ):
                 self._drained.set()
@@ -586,9 +721,10 @@ class Collector:
     def _wait_s(self) -> float:
         now = self._clock()
         deadlines = [self._next_status_ms]
-        batch_deadline = self._batcher.deadline_ms()
-        if batch_deadline is not None:
-            deadlines.append(batch_deadline)
+        if self._uncommitted:
+            deadlines.append(self._uncommitted_since_ms + self.config.spool.commit_interval_ms)
+        if self._batch_due_ms is not None:
+            deadlines.append(self._batch_due_ms)
         if self._retry_at_ms is not None:
             deadlines.append(self._retry_at_ms)
         return min(max((min(deadlines) - now) / 1000, 0.0), _MAX_WAIT_S)
@@ -602,8 +738,8 @@ class Collector:
             self._publish_status()
         elif isinstance(event, _Stop):
             self._draining = True
-            log.info("draining: %d records open, %d batches waiting, %d awaiting PUBACK",
-                     self._batcher.open_records, len(self._ready), len(self._inflight))
+            log.info("draining: %d records in the spool, %d batches awaiting PUBACK",
+                     self.spool.backlog_records, len(self._inflight))
 
     def _receive(self, event: _Received) -> None:
         now = self._clock()
@@ -613,21 +749,36 @@ class Collector:
         valid, rejected = self._validator.device_payload(event.payload, now_ms=now_ms)
         self._counters.add("received_messages")
         self._counters.add("received_records", len(valid) + len(rejected))
+        spooled = 0
         for record in valid:
             data = encode_record(record)
-            if not self._batcher.fits(data):
+            if not self._envelope.fits(data):
                 rejected.append(Rejection(
                     "payload_too_large",
                     f"record of {len(data)} bytes cannot fit a batch of "
-                    f"{self._batcher.max_payload_bytes} bytes",
+                    f"{self._envelope.max_payload_bytes} bytes",
                     None,
                 ))
                 continue
-            self._ready.extend(self._batcher.add(data, event.token, now))
+            if self.spool.append(data, now):
+                spooled += 1
+            # else: refused by the quota (reject_new), counted by the spool
         if rejected:
             self._dead_letter(rejected, event, now)
-        if event.token.refs == 0:
-            self._settle(event.token)
+        if not self._uncommitted:
+            self._uncommitted_since_ms = now
+        self._uncommitted.append(event.token)
+        if self.spool.uncommitted_records >= self.config.spool.commit_max_records:
+            self._commit()
+
+    def _commit(self) -> None:
+        """Group commit: one fsync makes every appended record durable, then acknowledge their messages."""
+        durable = self.spool.commit()
+        self._counters.add("spooled_records", durable)
+        tokens, self._uncommitted = self._uncommitted, []
+        self._sync_backlog()
+        for token in tokens:
+            self._settle(token)
 
     def _dead_letter(self, rejections: list[Rejection], event: _Received, now: int) -> None:
         lines = []
@@ -663,66 +814,108 @@ class Collector:
                 self._counters.add("errors")
                 log.error("upstream broker refused the status message: %s", event.failure)
             return
-        batch = self._inflight.pop(event.mid, None)
-        if batch is None:
+        sent = self._inflight.pop(event.mid, None)
+        if sent is None:
             return
         if event.failure:
             self._counters.add("errors")
+            sent.refusals += 1
             log.error("upstream broker refused batch %d (%d records): %s; resending in %ds",
-                      batch.seq, len(batch), event.failure, _REFUSED_RETRY_MS // 1000)
-            self._ready.appendleft(batch)
+                      sent.first_index, sent.records, event.failure, _REFUSED_RETRY_MS // 1000)
+            self._retry.append(sent)
             self._retry_at_ms = self._clock() + _REFUSED_RETRY_MS
             return
+        sent.acked = True
         self._counters.add("sent_batches")
-        self._counters.add("sent_records", len(batch))
-        for token in batch.tokens:
-            token.refs -= 1
-            if token.refs == 0:
-                self._settle(token)
+        self._counters.add("sent_records", sent.records)
+        self._release()
+
+    def _release(self) -> None:
+        """Release the longest acknowledged prefix of what was sent, in spool order."""
+        released = None
+        while self._sent and self._sent[0].acked:
+            released = self._sent.popleft().end
+        if released is not None:
+            self.spool.acknowledge(released)
+            self._sync_backlog()
+
+    def _sync_backlog(self) -> None:
+        with self._pending_cond:
+            if self._backlog != self.spool.backlog_records:
+                self._backlog = self.spool.backlog_records
+                self._pending_cond.notify_all()
 
     def _housekeeping(self) -> None:
         now = self._clock()
-        if self._batcher.due(now):
-            closed = self._batcher.close()
-            if closed is not None:
-                self._ready.append(closed)
+        if self._uncommitted and (
+            self._events.empty()  # nothing else waiting: commit now (lowest latency)
+            or now - self._uncommitted_since_ms >= self.config.spool.commit_interval_ms
+            or now < self._uncommitted_since_ms
+            or self._draining
+        ):
+            self._commit()
         self._pump(now)
+        self._sync_backlog()  # quota and TTL drops shrink it too
+        self._sync_spool_counters()
         if now >= self._next_status_ms or now < self._last_status_ms:
             if self._next_status_ms:  # not the first: also log the counters periodically
                 log.info("collector %s counters: %s", self.config.gateway.gateway_id,
                          json.dumps(self.counters, sort_keys=True))
             self._publish_status()
 
+    def _sync_spool_counters(self) -> None:
+        for reason, n in self.spool.dropped.items():
+            seen = self._seen_drops.get(reason, 0)
+            if n != seen:
+                self._counters.drop(reason, n - seen)
+                self._seen_drops[reason] = n
+        self._update_spool_gauges()
+
+    def _update_spool_gauges(self) -> None:
+        self._counters.set("spool_backlog_records", self.spool.backlog_records)
+        self._counters.set("spool_bytes", self.spool.disk_bytes)
+
     def _pump(self, now: int) -> None:
-        """Publish finished batches while fewer than max_inflight_batches await a PUBACK."""
-        if self._retry_at_ms is not None:
+        """Publish batches from the spool while fewer than max_inflight_batches await a PUBACK."""
+        self._batch_due_ms = None
+        cap = max(1, min(self.config.batch.max_inflight_batches, self._upstream_window - 1))
+        if self._retry and self._retry_at_ms is not None:
             # (a clock stepped backwards by more than the delay ends the wait too)
             if 0 < self._retry_at_ms - now <= _REFUSED_RETRY_MS:
                 return
             self._retry_at_ms = None
-        cap = max(1, min(self.config.batch.max_inflight_batches, self._upstream_window - 1))
-        while len(self._inflight) < cap:
-            if not self._ready:
-                # Close the open batch early when nothing more can come: draining,
-                # or the local broker's window is full of our un-acknowledged messages.
-                window_full = (
-                    self._pending_messages >= self.config.local.receive_maximum
-                    and self._events.empty()  # messages already here go into this batch
-                )
-                if self._batcher.open_batch is None or not (self._draining or window_full):
+        while self._retry and len(self._inflight) < cap:
+            self._publish(self._retry.popleft())
+        while len(self._inflight) < cap and self.spool.unread_records:
+            if self.spool.unread_records < self.config.batch.max_records and not self._draining:
+                # Not a full batch yet: wait until the oldest unread record is
+                # max_interval_ms old (a backlog from before a restart is due at once).
+                oldest = self.spool.peek_at_ms()
+                if oldest is not None and 0 < oldest + self.config.batch.max_interval_ms - now <= (
+                    self.config.batch.max_interval_ms
+                ):
+                    self._batch_due_ms = oldest + self.config.batch.max_interval_ms
                     break
-                closed = self._batcher.close()
-                assert closed is not None
-                self._ready.append(closed)
-            batch = self._ready.popleft()
-            info = self._upstream.publish(self.batch_topic, self._batcher.encode(batch, now), qos=1)
-            self._inflight[info.mid] = batch
-        holding = len(self._inflight) >= cap and bool(self._ready)
+            records, end = self.spool.read(self.config.batch.max_records, self._read_budget)
+            sent = _Sent(end=end, records=len(records))
+            self._sent.append(sent)
+            if not records:  # expired or corrupt stretch: nothing to send, release it in turn
+                sent.acked = True
+                self._release()
+                continue
+            sent.first_index = records[0].index
+            sent.payload = self._envelope.encode([r.data for r in records], records[0].index, now)
+            self._publish(sent)
+        holding = len(self._inflight) >= cap and self.spool.unread_records > 0
         if holding and not self._holding:
-            log.info("back-pressure: %d batches await upstream PUBACK (max_inflight_batches); "
-                     "holding %d finished batches and their device acknowledgements",
-                     len(self._inflight), len(self._ready))
+            log.info("uplink window full: %d batches await upstream PUBACK (max_inflight_batches); "
+                     "%d records wait in the spool", len(self._inflight), self.spool.unread_records)
         self._holding = holding
+
+    def _publish(self, sent: _Sent) -> None:
+        info = self._upstream.publish(self.batch_topic, sent.payload, qos=1)
+        sent.mid = info.mid
+        self._inflight[info.mid] = sent
 
     # ------------------------------------------------------------------ status
     def _status_payload(self, state: str, counters: dict[str, Any] | None = None) -> bytes:

@@ -27,6 +27,8 @@ from typing import Any
 from fleetpulse.errors import ConfigError
 from fleetpulse.schemas import load_contract
 
+from .spool import MIN_QUOTA_BYTES, ON_FULL_POLICIES
+
 ENV_PREFIX = "FLEETPULSE_GATEWAY__"
 MAX_PACKET_ID = 65535  # MQTT packet identifiers are 16 bit: bounds the in-flight windows
 
@@ -76,8 +78,13 @@ class UpstreamConfig:
     protocol: str = "5"  # MQTT "5" or "3.1.1"
     connect_timeout_s: int = 10
     drain_timeout_s: int = 30
+    reconnect_min_ms: int = 500
+    reconnect_max_ms: int = 60_000
     # Resolved from password_env / password_file; never printed.
     password: str | None = field(default=None, repr=False)
+
+
+COMPRESSIONS = ("none", "gzip")
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,19 @@ class BatchConfig:
     max_records: int = 500
     max_interval_ms: int = 1000
     max_inflight_batches: int = 64
+    compression: str = "none"  # "gzip": RFC 1952, detected by the receiver from its magic bytes
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    """The durable on-disk spool between the device side and the uplink."""
+
+    path: Path = Path("")  # "" → spool/<gateway_id> beside the config file
+    quota_bytes: int = 1 << 30
+    on_full: str = "drop_oldest"  # or "reject_new"
+    ttl_s: int = 0  # 0: keep until delivered
+    commit_interval_ms: int = 50
+    commit_max_records: int = 2000
 
 
 @dataclass(frozen=True)
@@ -106,6 +126,7 @@ class CollectorConfig:
     local: LocalConfig
     upstream: UpstreamConfig
     batch: BatchConfig = BatchConfig()
+    spool: SpoolConfig = SpoolConfig()
     status: StatusConfig = StatusConfig()
     dead_letters: DeadLettersConfig = DeadLettersConfig()
 
@@ -116,6 +137,7 @@ _SECTIONS: dict[str, type] = {
     "local": LocalConfig,
     "upstream": UpstreamConfig,
     "batch": BatchConfig,
+    "spool": SpoolConfig,
     "status": StatusConfig,
     "dead_letters": DeadLettersConfig,
 }
@@ -354,6 +376,22 @@ def _validate(reader: _Reader, config: CollectorConfig) -> CollectorConfig:
     _check_range(reader, "batch", "max_interval_ms", batch.max_interval_ms, 1, 3_600_000, "ms")
     _check_range(reader, "batch", "max_inflight_batches", batch.max_inflight_batches, 1,
                  MAX_PACKET_ID - 100, "batches")
+    if batch.compression not in COMPRESSIONS:
+        raise reader.bad("batch", "compression", f"{batch.compression!r} is not supported",
+                         f"use one of {', '.join(repr(c) for c in COMPRESSIONS)}")
+    _check_range(reader, "upstream", "reconnect_min_ms", up.reconnect_min_ms, 10, 3_600_000, "ms")
+    _check_range(reader, "upstream", "reconnect_max_ms", up.reconnect_max_ms, up.reconnect_min_ms,
+                 3_600_000, "ms (at least reconnect_min_ms)")
+    spool = config.spool
+    _check_range(reader, "spool", "quota_bytes", spool.quota_bytes, MIN_QUOTA_BYTES, 1 << 50, "bytes")
+    if spool.on_full not in ON_FULL_POLICIES:
+        raise reader.bad("spool", "on_full", f"{spool.on_full!r} is not a policy",
+                         f"use one of {', '.join(repr(p) for p in ON_FULL_POLICIES)}")
+    _check_range(reader, "spool", "ttl_s", spool.ttl_s, 0, 10 * 365 * 86400, "seconds (0 = no expiry)")
+    _check_range(reader, "spool", "commit_interval_ms", spool.commit_interval_ms, 0, 60_000, "ms")
+    _check_range(reader, "spool", "commit_max_records", spool.commit_max_records, 1, 1_000_000, "records")
+    if not str(spool.path).strip():
+        raise reader.bad("spool", "path", "is empty", "set a directory for the spool")
     _check_range(reader, "status", "interval_s", config.status.interval_s, 1, 86400, "seconds")
     if not str(config.dead_letters.path).strip():
         raise reader.bad("dead_letters", "path", "is empty", "set a file path for rejected messages")
@@ -375,12 +413,19 @@ def parse_config(
     reader.collect()
     dl_raw = reader.get("dead_letters", "path", "dead-letters.jsonl")
     dl_path = Path(dl_raw)
+    spool = _section(reader, "spool", SpoolConfig)
+    if ("spool", "path") not in reader.values:
+        spool = replace(spool, path=Path("spool") / str(reader.get("gateway", "gateway_id")))
+    if str(spool.path).strip():  # (an empty one set explicitly is refused by _validate)
+        spool_path = Path(spool.path)
+        spool = replace(spool, path=spool_path if spool_path.is_absolute() else base_dir / spool_path)
     config = CollectorConfig(
         source=source,
         gateway=_section(reader, "gateway", GatewayIds),
         local=_section(reader, "local", LocalConfig),
         upstream=_section(reader, "upstream", UpstreamConfig),
         batch=_section(reader, "batch", BatchConfig),
+        spool=spool,
         status=_section(reader, "status", StatusConfig),
         dead_letters=DeadLettersConfig(path=dl_path if dl_path.is_absolute() else base_dir / dl_path),
     )
@@ -393,9 +438,15 @@ def resolve_secrets(
     environ: Mapping[str, str] | None = None,
     read_text: Callable[[Path], str] = lambda p: p.read_text("utf-8"),
 ) -> CollectorConfig:
-    """Fill in ``upstream.password`` from ``password_env`` or ``password_file``."""
+    """Fill in ``upstream.password`` from ``password_env`` or ``password_file``.
+
+    Also refuses a client key or password file that any user on the gateway
+    could read: secrets belong to the service user (mode 0600 or 0640).
+    """
     up = config.upstream
     env = os.environ if environ is None else environ
+    if up.key_file:
+        _check_private(config, "upstream.key_file", Path(up.key_file))
     if up.password_env:
         if up.password_env not in env:
             raise ConfigError(
@@ -409,6 +460,7 @@ def resolve_secrets(
         path = Path(up.password_file)
         if not path.is_absolute():
             path = Path(config.source).parent / path
+        _check_private(config, "upstream.password_file", path)
         try:
             lines = read_text(path).splitlines()
         except OSError as exc:
@@ -420,6 +472,20 @@ def resolve_secrets(
             ) from None
         return replace(config, upstream=replace(up, password=lines[0] if lines else ""))
     return config
+
+
+def _check_private(config: CollectorConfig, key: str, path: Path) -> None:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # reported by whoever reads it, with the reason
+    if mode & 0o007:
+        raise ConfigError(
+            source=config.source,
+            key=key,
+            problem=f"{path} is accessible to every user on this machine (mode {mode & 0o777:03o})",
+            fix=f"chmod 600 {path} (owned by the collector's service user)",
+        )
 
 
 def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> CollectorConfig:

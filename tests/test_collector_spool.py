@@ -293,3 +293,15 @@ def test_model_every_committed_record_is_delivered_in_order_at_least_once(tmp_pa
     # In order per first delivery, nothing missing, duplicates only from re-reads after a crash.
     firsts = list(dict.fromkeys(delivered))
     assert firsts == list(range(committed))
+
+
+def test_dropping_segments_before_the_first_commit_leaves_nothing_negative(tmp_path: Path) -> None:
+    spool = opened(tmp_path, quota_bytes=MIN_QUOTA_BYTES)
+    for i in range(3000):  # far past the quota, never committed
+        spool.append(record(i), at_ms=1)
+    assert spool.unread_records == 0 and spool.peek_at_ms() is None
+    assert spool.read(10) == ([], spool.released) or spool.read(10)[0] == []
+    spool.commit()
+    got = drain(spool)
+    assert got and got[-1] == record(2999)
+    assert len(got) + spool.dropped["spool_quota"] == 3000

@@ -897,6 +897,8 @@ class Collector:
                     self._batch_due_ms = oldest + self.config.batch.max_interval_ms
                     break
             records, end = self.spool.read(self.config.batch.max_records, self._read_budget)
+            if not records and (not self._sent or end <= self._sent[-1].end) and end <= self.spool.released:
+                break  # nothing read and nothing skipped: never spin
             sent = _Sent(end=end, records=len(records))
             self._sent.append(sent)
             if not records:  # expired or corrupt stretch: nothing to send, release it in turn

@@ -373,7 +373,8 @@ class Spool:
     @property
     def unread_records(self) -> int:
         """Committed records the reader has not returned yet."""
-        return self._committed.index - self._read_at.index
+        # (after drop_oldest the reader may already stand past the last commit)
+        return max(0, self._committed.index - self._read_at.index)
 
     @property
     def uncommitted_records(self) -> int:

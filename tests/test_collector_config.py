@@ -31,8 +31,22 @@ def test_sample_config_loads_with_documented_values() -> None:
     assert (config.batch.max_records, config.batch.max_interval_ms, config.batch.max_inflight_batches) == (
         500, 1000, 64)
     assert config.status.interval_s == 60
-    # relative paths are relative to the config file's folder
-    assert config.dead_letters.path == SAMPLE.parent / "dead-letters" / "c-0001-gw1.jsonl"
+    assert config.dead_letters.path == Path("/var/lib/fleetpulse/dead-letters.jsonl")
+    assert config.spool.path == Path("/var/lib/fleetpulse/spool")  # the unit's StateDirectory
+    assert (config.spool.quota_bytes, config.spool.on_full, config.spool.ttl_s) == (1 << 30, "drop_oldest", 0)
+
+
+def test_sample_config_documents_every_key() -> None:
+    from dataclasses import fields
+
+    from fleetpulse.devices.collector.config import _SECTIONS
+
+    text = SAMPLE.read_text()
+    for section, cls in _SECTIONS.items():
+        assert f"[{section}]" in text
+        for f in fields(cls):
+            if f.name != "password":
+                assert f"\n{f.name} = " in text or f"\n# {f.name} = " in text, f"{section}.{f.name}"
 
 
 def test_defaults_fill_optional_keys(tmp_path: Path) -> None:

@@ -213,3 +213,21 @@ class LocalHTTPServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join()
+
+
+def mosquitto_with(workdir: Path, conf_text: str, port: int) -> Server:
+    """A Mosquitto broker running ``conf_text`` (which must listen on ``port``), not yet started.
+
+    For tests of broker configurations (TLS listeners, password files, ACLs);
+    ``user root`` is added when the tests run as root, which Mosquitto otherwise refuses.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(conf_text.rstrip("\n") + "\n" + ("user root\n" if os.geteuid() == 0 else ""))
+    return Server(
+        "mosquitto",
+        [require_binary("mosquitto"), "-c", str(conf)],
+        port,
+        workdir,
+        ready=lambda: _port_open(port),
+    )

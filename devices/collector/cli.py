@@ -1,7 +1,8 @@
-"""``fleetpulse gateway``: run the gateway collector, or check its configuration.
+"""``fleetpulse gateway``: run the gateway collector, check its configuration, or build the ACL.
 
     fleetpulse gateway run --config /etc/fleetpulse/gateway.toml
     fleetpulse gateway check --config /etc/fleetpulse/gateway.toml
+    fleetpulse gateway acl gateways/*.toml > /etc/mosquitto/acl
 
 ``run`` validates the configuration (a bad one exits 2 with one line naming
 the file, the key and the fix), connects — retrying with capped exponential
@@ -9,7 +10,10 @@ backoff while a broker cannot be reached — and runs until SIGTERM or SIGINT,
 then drains (every batch acknowledged upstream, bounded by
 ``upstream.drain_timeout_s``) and exits 0. A broker that refuses the
 credentials exits 1. ``check`` prints the resolved configuration (file +
-environment overrides + defaults) with the password masked.
+environment overrides + defaults) with the password masked. ``acl`` prints
+the central broker's Mosquitto ACL for the given gateway configs (one block
+per gateway confined to its own customer's topics, plus the readers); it reads
+no secret and ignores the environment (see :mod:`.acl`).
 
 Nothing heavy is imported until a subcommand runs.
 """
@@ -46,9 +50,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             metavar="FILE",
             help="collector TOML file (see deploy/gateway/gateway.sample.toml)",
         )
+    acl_text = "print the central broker's Mosquitto ACL for these gateways' configs"
+    acl = sub.add_parser("acl", help=acl_text, description=acl_text)
+    acl.add_argument("configs", nargs="+", metavar="CONFIG",
+                     help="the gateways' collector TOML files (one per gateway)")
+    acl.add_argument("--reader", action="append", metavar="USER",
+                     help="a user that may read every gateway's topics (repeatable; "
+                          "default: fleetpulse-lander)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.gateway_command == "acl":
+        from .acl import DEFAULT_READERS, grants_from_files, render_acl
+
+        # ConfigError naming the gateway file and key: the dispatcher prints one line, exits 2.
+        print(render_acl(grants_from_files(args.configs), args.reader or DEFAULT_READERS), end="")
+        return 0
     from .config import describe, load_config
 
     config = load_config(args.config)  # ConfigError: the dispatcher prints one line, exits 2

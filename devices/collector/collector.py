@@ -314,6 +314,10 @@ class Collector:
         self._connack_reason: dict[str, Any] = {}
         self._ever_connected = {"local": False, "upstream": False}
         self._upstream_window = 65535  # the central broker's Receive Maximum (CONNACK)
+        # With TLS 1.3 a broker refuses a client certificate only after the handshake:
+        # paho's connect() has returned and the alert reaches only its log.
+        self._upstream_error: str | None = None
+        self._tls_refusal: str | None = None
         self._started = False
         self._stopped = False
         self._worker: threading.Thread | None = None
@@ -526,6 +530,7 @@ class Collector:
         client.on_disconnect = self._on_upstream_disconnect
         client.on_publish = self._on_upstream_publish
         client.on_connect_fail = lambda c, u: self._jitter_next_reconnect("upstream", c)
+        client.on_log = self._on_upstream_log
         self._jitter_next_reconnect("upstream", client)
         # Room for the batches plus a status message, so paho never queues a batch itself.
         client.max_inflight_messages_set(self.config.batch.max_inflight_batches + 2)
@@ -577,7 +582,14 @@ class Collector:
             return
         client.loop_start()
         timeout_s = self.config.upstream.connect_timeout_s
-        if not self._connack[role].wait(timeout_s):
+        connacked = self._connack[role].wait(timeout_s)
+        if role == "upstream" and self._tls_refusal is not None:
+            raise BrokerRefused(
+                f"TLS with upstream broker {cfg.host}:{cfg.port} refused by the broker: "
+                f"{self._tls_refusal}; it wants a client certificate signed by its CA: check "
+                "upstream.cert_file and upstream.key_file"
+            )
+        if not connacked:
             if role == "local":
                 raise BrokerUnreachable(
                     f"cannot reach {role} broker {cfg.host}:{cfg.port}: no CONNACK within {timeout_s}s"
@@ -683,11 +695,25 @@ class Collector:
         self._events.put(_StatusNow())  # the Will may have said "offline" meanwhile
         self._connack["upstream"].set()
 
+    def _on_upstream_log(self, client: Any, userdata: Any, level: int, buf: str) -> None:
+        import paho.mqtt.client as mqtt
+
+        if level == mqtt.MQTT_LOG_ERR:
+            self._upstream_error = buf
+
     def _on_upstream_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self._jitter_next_reconnect("upstream", client)
+        error, self._upstream_error = self._upstream_error, None
+        if (error and "alert" in error and self.config.upstream.tls
+                and not self._ever_connected["upstream"] and not self._connack["upstream"].is_set()):
+            self._tls_refusal = error  # start() reports it: no retry fixes a missing certificate
+            self._connack_reason["upstream"] = reason
+            self._connack["upstream"].set()
+            return
         if not self._stopping.is_set():
-            log.warning("lost upstream broker %s (%s); spooling, reconnecting with backoff and then "
-                        "resending un-acknowledged batches", self._endpoint("upstream"), reason)
+            log.warning("lost upstream broker %s (%s%s); spooling, reconnecting with backoff and then "
+                        "resending un-acknowledged batches", self._endpoint("upstream"), reason,
+                        f": {error}" if error else "")
 
     def _on_upstream_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         self._events.put(_Acked(mid, str(reason) if getattr(reason, "is_failure", False) else None))

@@ -24,9 +24,13 @@ _MAX_BATCH_SEQ = 2**53 - 1
 _MAX_SENT_MS = 10**16 - 1
 
 
+#: One encoder for every record: json.dumps with options builds a new one per call.
+_RECORD_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_record(record: dict[str, Any]) -> bytes:
     """A record exactly as it appears inside an envelope."""
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _RECORD_ENCODER.encode(record).encode("utf-8")
 
 
 class Envelope:

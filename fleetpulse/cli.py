@@ -47,6 +47,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("health", "fleetpulse.pipeline.report.cli", "print the portfolio table or one account explained", (PIPELINE,)),
     Command("retention", "fleetpulse.pipeline.analytics.cli", "usage retention by cohort and segment, and CSM coverage", (PIPELINE,)),
     Command("report", "fleetpulse.pipeline.report.html_cli", "a self-contained HTML portfolio report", (PIPELINE,)),
+    Command("playbooks", "fleetpulse.pipeline.playbooks.cli", "check, dry-run or run playbooks: alerts and digital touches", (PIPELINE,)),
+    Command("alerts", "fleetpulse.pipeline.playbooks.alerts_cli", "list playbook episodes and failed deliveries; snooze", (PIPELINE,)),
     Command("demo", "fleetpulse.pipeline.demo", "the whole path on embedded defaults", (PIPELINE, DEMO)),
 )
 

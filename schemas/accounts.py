@@ -20,7 +20,14 @@ renewal_date       yes       ISO date, not before contract_start
 entitled_devices   yes       devices bought, integer >= 0
 csm_owner          no        assigned CSM (e-mail or name); empty = none
 nps                no        latest NPS/CSAT answer -100..100; empty = unknown
+csm_channel        no        where this account's CSM alerts go: a channel name
+                             from the playbooks file; empty = its default
+contact_email      no        the customer's contact for digital touches
+                             (e-mail); empty = none
 =================  ========  ==================================================
+
+The last two columns are optional and may be absent altogether: older exports
+still load (playbooks then route by their defaults).
 
 Every problem raises :class:`~fleetpulse.errors.ConfigError` naming the file,
 the row and column, and the fix. Standard library only.
@@ -29,6 +36,7 @@ the row and column, and the fix. Standard library only.
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -36,6 +44,11 @@ from pathlib import Path
 from fleetpulse.errors import ConfigError
 
 from .contract import load_contract
+
+#: a channel name as the playbooks file spells it
+CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: loose on purpose: the mail server is the judge; this catches a wrong column
+EMAIL = re.compile(r"[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+")
 
 #: the registry's columns, in the order the simulator writes them
 COLUMNS = (
@@ -49,6 +62,8 @@ COLUMNS = (
     "entitled_devices",
     "csm_owner",
     "nps",
+    "csm_channel",
+    "contact_email",
 )
 SEGMENTS = ("smb", "mid_market", "enterprise")
 ENGAGEMENT_MODELS = ("digital", "low_touch", "high_touch")
@@ -75,6 +90,10 @@ class Account:
     entitled_devices: int
     csm_owner: str | None
     nps: int | None
+    #: channel name (defined in the playbooks file) for this account's CSM alerts; None = routing default
+    csm_channel: str | None = None
+    #: the customer's contact for digital touches; None = none known
+    contact_email: str | None = None
 
 
 class _Row:
@@ -105,6 +124,14 @@ class _Row:
             return date.fromisoformat(text)
         except ValueError:
             raise self.bad(column, f"{text!r} is not a date", "write it as YYYY-MM-DD") from None
+
+    def optional(self, column: str, pattern: re.Pattern[str], fix: str) -> str | None:
+        text = self.text(column)
+        if not text:
+            return None
+        if not pattern.fullmatch(text):
+            raise self.bad(column, f"{text!r} is not valid", fix)
+        return text
 
     def choice(self, column: str, allowed: tuple[str, ...]) -> str:
         text = self.text(column)
@@ -157,6 +184,10 @@ def load_accounts(path: str | Path) -> dict[str, Account]:
                 entitled_devices=row.integer("entitled_devices", 0),
                 csm_owner=row.text("csm_owner") or None,
                 nps=row.integer("nps", -100, 100) if row.text("nps") else None,
+                csm_channel=row.optional("csm_channel", CHANNEL_NAME,
+                                         "write a channel name from the playbooks file, or leave it empty"),
+                contact_email=row.optional("contact_email", EMAIL,
+                                           "write one e-mail address, or leave it empty"),
             )
     if not accounts:
         raise ConfigError(source, "rows", "the registry has no accounts", "export at least one customer")

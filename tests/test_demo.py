@@ -2,7 +2,7 @@
 as a CSM would want, each with a reason, and nothing is lost on the way.
 
 This runs exactly what `make demo` runs (in-process brokers, simulator, 29
-collectors, lander, Beam job), so it takes a couple of minutes.
+collectors, lander, Beam job, playbooks), so it takes a couple of minutes.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import pytest
 
 from fleetpulse.pipeline.demo.orchestrate import DemoConfig, run_demo
 from fleetpulse.pipeline.jobs import outputs
+from fleetpulse.pipeline.report.html import anchor_id
+from fleetpulse.schemas.accounts import load_accounts
 
 pytestmark = [
     pytest.mark.slow,
@@ -117,3 +119,73 @@ def test_nothing_lost_between_simulator_and_pipeline(demo):
     assert counters.get("fleetpulse.pipeline.decode.dropped", 0) == 0
     dead = (demo.out / "signals" / "dead_letters.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in dead] == []
+
+
+# ---- playbooks: the alerts and digital touches each planted pattern deserves, and no others ----------
+
+#: playbooks (deploy/playbooks/lifecycle.yaml) a pattern must raise, and the only ones it may raise
+PLAYBOOKS_REQUIRED: dict[str, set[str]] = {
+    "steady": set(),
+    "fast_onboarding": {"welcome-first-value"},
+    "stalled_onboarding": {"onboarding-stalled"},
+    "sudden_drop": {"adoption-drop"},
+    "gradual_decline": {"adoption-drop"},
+    "expansion": {"expansion-csql"},
+    "gateway_offline": {"gateway-offline"},
+}
+PLAYBOOKS_ALLOWED: dict[str, set[str]] = {
+    **PLAYBOOKS_REQUIRED,
+    # a collapse may also turn the account red and, near renewal, put the renewal at risk
+    "sudden_drop": {"adoption-drop", "health-red", "renewal-risk"},
+    "gradual_decline": {"adoption-drop", "health-red", "renewal-risk"},
+}
+
+
+def test_playbooks_raise_what_each_planted_pattern_deserves_and_nothing_else(demo):
+    raised: dict[str, set[str]] = {c: set() for c in demo.truth["customers"]}
+    for episode in demo.episodes:
+        raised[episode.customer_id].add(episode.playbook)
+    for customer, facts in demo.truth["customers"].items():
+        pattern = facts["pattern"]
+        assert PLAYBOOKS_REQUIRED[pattern] <= raised[customer], (customer, pattern, raised[customer])
+        assert raised[customer] <= PLAYBOOKS_ALLOWED[pattern], (customer, pattern, raised[customer])
+    # steady accounts: no alert and no touch at all
+    steady = set(demo.truth["patterns"]["steady"])
+    assert not [m for m in demo.messages if m.customer_id in steady]
+    # everything queued was delivered (to the demo's capture files), nothing failed
+    assert demo.messages and {m.status for m in demo.messages} == {"sent"}
+    assert "Playbooks (lifecycle.yaml)" in demo.report
+
+
+def test_playbook_messages_explain_themselves_and_follow_the_registry_routing(demo):
+    accounts = load_accounts(demo.out / "sim" / "accounts.csv")
+    for m in demo.messages:
+        account = accounts[m.customer_id]
+        if m.kind == "notify_csm":
+            expected = (account.csm_channel or "csm-email") if account.csm_owner else "cs-pool"
+            assert m.channel == expected, (m.customer_id, m.channel)
+            text = m.message["text"]
+            for part in ("What changed:", "Components:", "Data coverage:", "Playbook step:", f"#{anchor_id(m.customer_id)}"):
+                assert part in text, (m.customer_id, m.playbook, part)
+        elif m.kind == "touch_customer":
+            assert (m.channel, m.recipient) == ("customer-email", account.contact_email)
+            assert "Health" not in m.message["text"]  # customers are not shown internal scores
+        elif m.kind == "csql":
+            assert m.channel == "sales-crm" and m.playbook == "expansion-csql"
+    sent = demo.out / "playbooks" / "sent"
+    for channel in {m.channel for m in demo.messages}:
+        lines = [json.loads(line) for line in (sent / f"{channel}.jsonl").read_text().splitlines()]
+        assert sorted(line["idempotency_key"] for line in lines) == sorted(
+            m.key for m in demo.messages if m.channel == channel)
+
+
+def test_rerunning_the_playbooks_over_the_same_signals_sends_nothing_new(demo, tmp_path):
+    from fleetpulse.pipeline.demo.orchestrate import DemoConfig, capture_channels
+    from fleetpulse.pipeline.playbooks.config import load_playbooks
+    from fleetpulse.pipeline.playbooks.engine import run_playbooks
+
+    book = load_playbooks(DemoConfig().playbooks)
+    again = run_playbooks(demo.out / "signals", book, load_accounts(demo.out / "sim" / "accounts.csv"),
+                          demo.out / "playbooks" / "state", channels=capture_channels(book, tmp_path))
+    assert again.counters()["queued"] == 0 and again.counters()["sent"] == 0
+    assert list(tmp_path.iterdir()) == []

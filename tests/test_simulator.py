@@ -228,7 +228,7 @@ def test_accounts_csv_layout_and_no_ground_truth_in_it(fleet: Fleet) -> None:
     text = accounts_csv(fleet.accounts)
     assert text.splitlines()[0] == (
         "customer_id,name,segment,engagement_model,arr_usd,contract_start,renewal_date,"
-        "entitled_devices,csm_owner,nps"
+        "entitled_devices,csm_owner,nps,csm_channel,contact_email"
     )
     rows = list(csv.DictReader(io.StringIO(text)))
     assert tuple(rows[0]) == COLUMNS
@@ -240,6 +240,8 @@ def test_accounts_csv_layout_and_no_ground_truth_in_it(fleet: Fleet) -> None:
         assert row["entitled_devices"].isdigit()
         assert row["nps"] == "" or -100 <= int(row["nps"]) <= 100
         assert row["csm_owner"] == "" or "@" in row["csm_owner"]
+        assert row["csm_channel"] in ("", "csm-chat") and (row["csm_channel"] == "" or row["csm_owner"])
+        assert row["contact_email"].endswith(f"@{row['customer_id']}.example")
     assert any(r["nps"] == "" for r in rows) and any(r["csm_owner"] == "" for r in rows)
     for pattern in PATTERNS:
         assert pattern not in text

@@ -4,6 +4,10 @@
   (``schemas/accounts.py`` defines and reads it). Header :data:`~fleetpulse.schemas.accounts.COLUMNS`; dates
   ISO ``YYYY-MM-DD``; ``arr_usd`` an integer; ``csm_owner`` and ``nps`` empty
   when unknown. It does NOT say which pattern an account was given.
+  Routing columns for playbooks: ``contact_email`` is a made-up address per
+  customer (``it-admin@<customer_id>.example``); ``csm_channel`` is
+  :data:`HIGH_TOUCH_CSM_CHANNEL` for high-touch accounts with a CSM (their CSMs
+  want a chat ping) and empty otherwise (the playbooks' default routing).
 * ``truth.json`` — the planted ground truth (:meth:`~.fleet.Fleet.truth`).
 * ``gateways/<gateway_id>.toml`` — one collector config per simulated gateway,
   in the layout ``fleetpulse gateway`` reads.
@@ -21,6 +25,20 @@ from fleetpulse.schemas.accounts import COLUMNS, Account
 
 from .fleet import Fleet, Gateway
 from .generate import topic_prefix
+
+#: the channel the simulated CRM names for high-touch accounts' CSMs (the demo playbooks define it)
+HIGH_TOUCH_CSM_CHANNEL = "csm-chat"
+
+
+def contact_email(account: Account) -> str:
+    """The customer contact the registry lists: the account's own, else a reserved-domain stand-in."""
+    return account.contact_email or f"it-admin@{account.customer_id}.example"
+
+
+def csm_channel(account: Account) -> str:
+    if account.csm_channel:
+        return account.csm_channel
+    return HIGH_TOUCH_CSM_CHANNEL if account.csm_owner and account.engagement_model == "high_touch" else ""
 
 
 @dataclass(frozen=True)
@@ -50,6 +68,8 @@ def accounts_csv(accounts: tuple[Account, ...]) -> str:
                 a.entitled_devices,
                 a.csm_owner or "",
                 "" if a.nps is None else a.nps,
+                csm_channel(a),
+                contact_email(a),
             ]
         )
     return out.getvalue()

@@ -6,6 +6,7 @@
       ▼ lander: central-broker batches → <out>/lake/landing (acked after commit)
     Beam batch job (DirectRunner): lake → rollups → customer signals → <out>/signals
     → the portfolio table and the alerts raised; InfluxDB too when INFLUX_URL is set.
+    playbooks (deploy/playbooks/lifecycle.yaml) → alerts and digital touches, captured to <out>/playbooks/sent.
 
 Every run starts from an empty lake, so the same seed gives the same table.
 """

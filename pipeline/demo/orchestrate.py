@@ -1,7 +1,14 @@
-"""Runs every FleetPulse part in one process for ``make demo`` and its test."""
+"""Runs every FleetPulse part in one process for ``make demo`` and its test.
+
+After the Beam job, the sample playbooks (deploy/playbooks/lifecycle.yaml) run
+over the signals with every channel captured to a file channel
+(``<out>/playbooks/sent/<channel>.jsonl``), so the demo shows the alerts and
+digital touches the seeded fleet deserves without mail servers or webhooks.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -28,6 +35,10 @@ from fleetpulse.pipeline.jobs.backfill import JobConfig
 from fleetpulse.pipeline.jobs.cli import counters, run_job
 from fleetpulse.pipeline.lake.lander import Lander, LanderConfig
 from fleetpulse.pipeline.model import Alert, DailySignal
+from fleetpulse.pipeline.playbooks.channels import Channel, FileChannel
+from fleetpulse.pipeline.playbooks.config import ChannelConfig, PlaybookSet, load_playbooks
+from fleetpulse.pipeline.playbooks.engine import PlaybookRun, run_playbooks
+from fleetpulse.pipeline.playbooks.ledger import EpisodeRow, Ledger, OutboxRow
 from fleetpulse.pipeline.report.html import render_html
 from fleetpulse.pipeline.report.text import render_portfolio
 from fleetpulse.pipeline.sinks.influx import InfluxConfig
@@ -46,6 +57,8 @@ class DemoConfig:
     malformed_per_day: int = 2
     progress: bool = True
     landing_timeout_s: float = 120.0
+    #: the sample playbooks in a clone; None skips the playbooks step
+    playbooks: Path | None = Path(__file__).resolve().parents[2] / "deploy" / "playbooks" / "lifecycle.yaml"
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,9 @@ class DemoResult:
     dead_letters_at_gateways: int
     counters: dict[str, int]
     report: str
+    playbook_run: PlaybookRun | None = None
+    episodes: tuple[EpisodeRow, ...] = ()
+    messages: tuple[OutboxRow, ...] = ()  # every message the playbooks queued, with its status
 
 
 class DemoError(FleetPulseError):
@@ -106,6 +122,37 @@ def write_report(out: Path, lake: Path, accounts: Path, signals: list[DailySigna
     return target
 
 
+def capture_channels(book: PlaybookSet, folder: Path) -> dict[str, Channel]:
+    """Every channel of the playbooks file, replaced by a file channel: what would have been sent, on disk."""
+    return {name: FileChannel(ChannelConfig(name=name, type="file", path=str(folder / f"{name}.jsonl")))
+            for name in book.channels}
+
+
+def run_demo_playbooks(path: Path, out: Path, signals_dir: Path, accounts: Path,
+                       report: Path) -> tuple[PlaybookRun, list[EpisodeRow], list[OutboxRow], str]:
+    """The sample playbooks over the demo's signals, from an empty ledger; returns what they did and a summary."""
+    root = out / "playbooks"
+    shutil.rmtree(root, ignore_errors=True)
+    # Alerts link into the demo's own report.
+    book = dataclasses.replace(load_playbooks(path), report_url=report.resolve().as_uri())
+    run = run_playbooks(signals_dir, book, load_accounts(accounts), root / "state",
+                        channels=capture_channels(book, root / "sent"), max_wait_ms=5_000)
+    with Ledger.open(root / "state", exclusive=False) as ledger:
+        episodes, messages = ledger.episodes(), ledger.outbox()
+    kinds = {"notify_csm": "CSM alerts", "notify_team": "team feed", "touch_customer": "digital touches",
+             "csql": "CSQLs to Sales"}
+    counts = ", ".join(f"{sum(1 for m in messages if m.kind == k and m.status == 'sent')} {label}"
+                       for k, label in kinds.items())
+    lines = [f"Playbooks ({path.name}): {len(episodes)} episodes; sent {counts}"]
+    for e in episodes:
+        sent = [m for m in messages if m.episode_id == e.episode_id and m.status == "sent"]
+        what = " ".join(e.what_changed.split())
+        lines.append(f"  {e.customer_id} {e.playbook:<20} {e.status:<8} {e.opened_day}  "
+                     f"{len(sent)} sent  {what[:80] + ('...' if len(what) > 80 else '')}")
+    lines.append(f"Messages as sent: {root / 'sent'}/*.jsonl   Episodes: fleetpulse alerts --state {root / 'state'}")
+    return run, episodes, messages, "\n".join(lines)
+
+
 def _wait(condition: Any, timeout_s: float, what: str, tick: Any = None) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -121,7 +168,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     sim_dir, lake, signals_dir = out / "sim", out / "lake", out / "signals"
     for folder in (sim_dir, lake, signals_dir):
         shutil.rmtree(folder, ignore_errors=True)
-    progress = Progress(5, enabled=config.progress)
+    progress = Progress(6 if config.playbooks else 5, enabled=config.progress)
     sim = SimulationConfig(
         seed=config.seed, customers=config.customers, days=config.days,
         malformed_per_day=config.malformed_per_day,
@@ -200,6 +247,15 @@ def run_demo(config: DemoConfig) -> DemoResult:
                   + (f", written to InfluxDB at {influx.url}" if influx else ""))
 
     report_path = write_report(out, lake, paths.accounts, signals, alerts, job.model.usage_quantity, config.days)
+    playbook_run: PlaybookRun | None = None
+    episodes: list[EpisodeRow] = []
+    messages: list[OutboxRow] = []
+    playbook_summary = ""
+    if config.playbooks is not None:
+        progress.step("playbooks: alerts and digital touches")
+        playbook_run, episodes, messages, playbook_summary = run_demo_playbooks(
+            config.playbooks, out, signals_dir, paths.accounts, report_path)
+        progress.done(f"{len(episodes)} episodes, {playbook_run.counters()['sent']} messages sent")
 
     worst = min(latest, key=lambda s: s.health).customer_id if latest else "ID"
     report = "\n".join([
@@ -210,7 +266,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         f"Dead letters: gateways {sim_dir}/gateways/dead-letters/, pipeline {signals_dir}/dead_letters.jsonl",
         f"Explain one account: fleetpulse health --out {signals_dir} --customer {worst}",
         f"Portfolio report (open in a browser): {report_path}",
-    ])
+    ] + (["", playbook_summary] if playbook_summary else []))
     return DemoResult(
         out=out,
         truth=json.loads(Path(paths.truth).read_text("utf-8")),
@@ -220,4 +276,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         dead_letters_at_gateways=dead,
         counters=job_counters,
         report=report,
+        playbook_run=playbook_run,
+        episodes=tuple(episodes),
+        messages=tuple(messages),
     )

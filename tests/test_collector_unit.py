@@ -447,3 +447,25 @@ def test_batches_pass_the_shared_envelope_validator(tmp_path: Path, clock: FakeC
     assert p.topic == "fleetpulse/v1/customers/c-0001/sites/c-0001-s1/gateways/c-0001-gw1/batches"
     wait_until(lambda: collector.pending_messages == 0, 5, "settled")
     assert collector.stop(timeout_s=1)
+
+
+def test_a_spool_that_cannot_be_written_acknowledges_nothing_and_reports_the_failure(
+        tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    import errno
+
+    factory = FakeFactory()
+    collector = Collector(make_config(tmp_path), client_factory=factory, clock=clock)
+    collector.start()
+
+    def disk_full() -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    collector.spool.commit = disk_full  # type: ignore[method-assign]
+    with caplog.at_level(logging.CRITICAL, logger="fleetpulse.devices.collector"):
+        factory.local.deliver(TOPIC.format("dev-001"), payload(record(seq=0)), mid=4)
+        wait_until(lambda: collector.failure is not None, 5, "the failure")
+    assert "No space left on device" in (collector.failure or "")
+    assert factory.local.acks == []  # the local broker keeps it for the restart
+    assert collector.counters["errors"] == 1
+    assert any("acknowledging nothing more" in r.message for r in caplog.records)
+    collector.stop(timeout_s=0.2)

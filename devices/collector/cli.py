@@ -98,11 +98,14 @@ def serve(config: CollectorConfig, *, stop: threading.Event | None = None) -> in
             except TerminalError as exc:
                 log.error("%s", exc)
                 return 1
-        stop.wait()
+        while not stop.wait(1.0):
+            if collector.failure is not None:
+                break
         # A drain that times out loses nothing (the records stay in the spool
-        # for the next start), so it is no failure.
+        # for the next start), so it is no failure; a spool that cannot be
+        # written is: exit 1 and let the service manager restart us.
         collector.stop()
-        return 0
+        return 1 if collector.failure is not None else 0
     finally:
         restore()
 

@@ -321,6 +321,7 @@ class Collector:
         self._started = False
         self._stopped = False
         self._worker: threading.Thread | None = None
+        self._failure: str | None = None
 
         self._local = client_factory(
             ClientSpec("local", config.local.client_id, manual_ack=True, protocol=config.local.protocol)
@@ -336,6 +337,16 @@ class Collector:
     def counters(self) -> dict[str, Any]:
         """A snapshot of the counters (see the module docstring for their meaning)."""
         return self._counters.snapshot()
+
+    @property
+    def failure(self) -> str | None:
+        """Why the collector gave up (the spool could not be written), or None while it is healthy.
+
+        Once set, nothing more is acknowledged to the local broker; whoever runs
+        the collector should stop it and exit non-zero, so a restart recovers
+        the spool and the local broker redelivers what was not acknowledged.
+        """
+        return self._failure
 
     @property
     def pending_messages(self) -> int:
@@ -449,7 +460,11 @@ class Collector:
         self._publish_final_status(min(max(remaining, 0.2), 5.0))
         self._upstream.disconnect()
         self._upstream.loop_stop()
-        self.spool.close()
+        try:
+            self.spool.close()
+        except OSError as exc:
+            log.error("spool %s not closed cleanly: %s (recovered at the next start)",
+                      self.config.spool.path, exc)
         if self._dead_letters is not None:
             self._dead_letters.close()
         log.info("collector %s stopped; counters: %s", self.config.gateway.gateway_id,
@@ -786,9 +801,13 @@ class Collector:
                     None,
                 ))
                 continue
-            if self.spool.append(data, now):
-                spooled += 1
-            # else: refused by the quota (reject_new), counted by the spool
+            try:
+                if self.spool.append(data, now):
+                    spooled += 1
+                # else: refused by the quota, counted by the spool
+            except OSError as exc:
+                self._fail(exc)
+                return
         if rejected:
             self._dead_letter(rejected, event, now)
         if not self._uncommitted:
@@ -799,12 +818,26 @@ class Collector:
 
     def _commit(self) -> None:
         """Group commit: one fsync makes every appended record durable, then acknowledge their messages."""
-        durable = self.spool.commit()
+        try:
+            durable = self.spool.commit()
+        except OSError as exc:
+            self._fail(exc)
+            return
         self._counters.add("spooled_records", durable)
         tokens, self._uncommitted = self._uncommitted, []
         self._sync_backlog()
         for token in tokens:
             self._settle(token)
+
+    def _fail(self, exc: OSError) -> None:
+        """The spool cannot be written: acknowledge nothing more, and say so once."""
+        self._counters.add("errors")
+        if self._failure is None:
+            self._failure = f"cannot write the spool {self.config.spool.path}: {exc.strerror or exc}"
+            log.critical("%s; acknowledging nothing more to the local broker (it redelivers "
+                         "what was not acknowledged after a restart)", self._failure)
+        self._uncommitted = []
+        self._abort.set()
 
     def _dead_letter(self, rejections: list[Rejection], event: _Received, now: int) -> None:
         lines = []

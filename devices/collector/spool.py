@@ -54,10 +54,11 @@ import os
 import struct
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,11 @@ _CURSOR = struct.Struct("<4sQQQQ")  # magic, generation, segment, offset, index
 _CURSOR_SLOT = 64
 _SEGMENT_SUFFIX = ".seg"
 _READ_CHUNK = 1 << 16
+#: Appended frames are written in one go at commit, or once this many bytes wait.
+_WRITE_BUFFER_BYTES = 1 << 20
+#: Records appended recently stay in memory too, up to this many payload bytes,
+#: so a reader that keeps up never reads back from the file what it just wrote.
+_TAIL_BYTES = 8 << 20
 
 #: Segment size bounds: a segment is 1/8 of the quota, within these.
 MIN_SEGMENT_BYTES = 4096
@@ -92,20 +98,21 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@dataclass(frozen=True, order=True)
-class Position:
-    """A place between two records: the segment (its first index), a byte offset, the next index."""
+class Position(NamedTuple):
+    """A place between two records: the next index, the segment (its first index), a byte offset.
 
-    index: int
+    Ordered as a tuple: by index first, which only grows.
+    """
+
+    index: int  # type: ignore[assignment]  # (shadows tuple.index, never used here)
     segment: int
     offset: int
 
 
-@dataclass(frozen=True)
-class SpoolRecord:
+class SpoolRecord(NamedTuple):
     """One record read back: its index, when it was spooled, its bytes, and where it ends."""
 
-    index: int
+    index: int  # type: ignore[assignment]
     at_ms: int
     data: bytes
     end: Position
@@ -279,6 +286,10 @@ class Spool:
         self._disk_bytes = 0
         self._read_at = Position(0, 0, 0)  # next record the reader returns
         self._reader: _SegmentReader | None = None
+        self._write_buffer: list[bytes] = []
+        self._write_buffered = 0
+        self._tail: deque[SpoolRecord] = deque()
+        self._tail_bytes = 0
         self._opened = False
 
     # ---------------------------------------------------------------- lifecycle
@@ -349,7 +360,14 @@ class Spool:
         """Commit, write the cursor, release the lock. The spool stays on disk."""
         if not self._opened:
             return
-        self.commit()
+        try:
+            self.commit()
+        finally:
+            self._close_files()
+
+    def _close_files(self) -> None:
+        self._write_buffer.clear()
+        self._write_buffered = 0
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -386,13 +404,20 @@ class Spool:
 
     # ------------------------------------------------------------------ writing
     def append(self, data: bytes, at_ms: int | None = None) -> bool:
-        """Append one record (not yet durable: call :meth:`commit`). False if the quota refused it."""
+        """Append one record (not yet durable: call :meth:`commit`). False if the quota refused it.
+
+        OSError (disk full, I/O error) means the spool can no longer promise
+        anything: the caller must stop acknowledging and restart (recovery
+        cuts whatever was half written).
+        """
         assert self._write_fd is not None, "open() the spool first"
-        frame = encode_frame(data, self.clock() if at_ms is None else at_ms)
-        if len(frame) > self.quota_bytes - self.segment_bytes:
+        at = self.clock() if at_ms is None else at_ms
+        frame = encode_frame(data, at)
+        size = len(frame)
+        if size > self.quota_bytes - self.segment_bytes:
             self._drop("spool_quota", 1)
             return False
-        while self._disk_bytes + len(frame) > self.quota_bytes:
+        while self._disk_bytes + size > self.quota_bytes:
             if self.on_full == "reject_new" or len(self._segments) < 2:
                 self._drop("spool_quota", 1)
                 return False
@@ -400,19 +425,41 @@ class Spool:
         active = self._segments[-1]
         if self._written_end >= self.segment_bytes and active.count:
             self._rotate()
-        os.write(self._write_fd, frame)
-        self._written_end += len(frame)
-        self._segments[-1].size = self._written_end
-        self._segments[-1].count = (self._segments[-1].count or 0) + 1
-        self._disk_bytes += len(frame)
-        self._next_index += 1
+            active = self._segments[-1]
+        self._write_buffer.append(frame)
+        self._write_buffered += size
+        if self._write_buffered >= _WRITE_BUFFER_BYTES:
+            self._flush()
+        self._written_end += size
+        active.size = self._written_end
+        active.count = (active.count or 0) + 1
+        self._disk_bytes += size
+        index = self._next_index
+        self._next_index = index + 1
         self._unsynced_records += 1
+        self._tail.append(SpoolRecord(index, at, data, Position(index + 1, active.first, self._written_end)))
+        self._tail_bytes += len(data)
+        while self._tail_bytes > _TAIL_BYTES:
+            self._tail_bytes -= len(self._tail.popleft().data)
         return True
+
+    def _flush(self) -> None:
+        """Write the buffered frames to the active segment (one write call, all or an OSError)."""
+        if not self._write_buffer:
+            return
+        assert self._write_fd is not None
+        data = memoryview(b"".join(self._write_buffer))
+        self._write_buffer.clear()
+        self._write_buffered = 0
+        while data:
+            written = os.write(self._write_fd, data)
+            data = data[written:]
 
     def commit(self) -> int:
         """Make every appended record durable (fsync); return how many became durable."""
         if self._write_fd is None:
             return 0
+        self._flush()
         durable = self._unsynced_records
         if durable and self.fsync:
             os.fsync(self._write_fd)
@@ -432,6 +479,7 @@ class Spool:
 
     def _rotate(self) -> None:
         assert self._write_fd is not None
+        self._flush()
         if self.fsync:
             os.fsync(self._write_fd)  # a sealed segment is complete on disk
         os.close(self._write_fd)
@@ -494,7 +542,23 @@ class Spool:
         size = 0
         now = self.clock()
         ttl_ms = self.ttl_s * 1000
+        tail = self._tail
         while len(out) < max_records and self._read_at.index < self._committed.index:
+            while tail and tail[0].index < self._read_at.index:
+                self._tail_bytes -= len(tail.popleft().data)
+            if tail and tail[0].index == self._read_at.index:
+                record = tail[0]
+                if max_bytes is not None and out and size + len(record.data) > max_bytes:
+                    break
+                tail.popleft()
+                self._tail_bytes -= len(record.data)
+                self._read_at = record.end
+                if ttl_ms and record.at_ms + ttl_ms < now:
+                    self._drop("spool_ttl", 1)
+                    continue
+                out.append(record)
+                size += len(record.data)
+                continue
             reader = self._reader_at(self._read_at)
             item = reader.next(self._limit(reader))
             if item is None:
@@ -539,6 +603,11 @@ class Spool:
         """
         if self._read_at.index >= self._committed.index:
             return None
+        tail = self._tail
+        while tail and tail[0].index < self._read_at.index:
+            self._tail_bytes -= len(tail.popleft().data)
+        if tail and tail[0].index == self._read_at.index:
+            return tail[0].at_ms
         reader = self._reader_at(self._read_at)
         at_ms = reader.peek(self._limit(reader))
         return 0 if at_ms is None else at_ms

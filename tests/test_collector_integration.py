@@ -123,7 +123,7 @@ def key(r: dict[str, Any]) -> tuple[str, int, int]:
 
 
 def build_traffic(seed: int = 7, n_valid: int = 2000) -> tuple[list[tuple[str, bytes]], set, Counter]:
-    """Device messages (single records and arrays, 50 malformed mixed in), the valid keys, the reasons."""
+    """Device messages (single records and arrays, 51 malformed (one oversize) mixed in), the valid keys, the reasons."""
     rng = random.Random(seed)
     base = now_ms() - 3_600_000
     seqs: Counter = Counter()
@@ -177,7 +177,9 @@ def build_traffic(seed: int = 7, n_valid: int = 2000) -> tuple[list[tuple[str, b
         expected.update(key(r) for r in good)
         bad.append(("dev-907", json.dumps([good[0], record("dev-907", 3 * i + 2) | {"seq": "x"}, good[1]]).encode()))
         reasons["wrong_type"] += 1
-    assert len(bad) == 50
+    bad.append(("dev-908", json.dumps([record("dev-908", i) for i in range(2500)]).encode()))  # > 256 KiB
+    reasons["payload_too_large"] += 1
+    assert len(bad) == 51 and len(bad[-1][1]) > 262_144
     for item in bad:
         messages.insert(rng.randrange(len(messages) + 1), item)
     return messages, expected, reasons
@@ -215,16 +217,16 @@ def test_every_valid_record_arrives_once_stamped_and_every_bad_one_is_a_dead_let
                    and r["detail"] for r in rows)
         counters = collector.counters
         assert counters["dropped_records"] == dict(reasons)
-        assert counters["dead_letters"] == 50 and counters["errors"] == 0
+        assert counters["dead_letters"] == 51 and counters["errors"] == 0
         assert counters["sent_records"] == len(expected)
-        assert counters["received_records"] == len(expected) + 50
+        assert counters["received_records"] == len(expected) + 51
 
         wait_until(lambda: (central.last_status() or {}).get("counters", {}).get("sent_records") == len(expected),
                    10, "a status message with the final counters")
         status = central.last_status()
         assert status is not None and status["state"] == "online"
         assert {k: status[k] for k in IDS} == IDS and status["v"] == 1
-        assert status["counters"]["dead_letters"] == 50
+        assert status["counters"]["dead_letters"] == 51
     finally:
         assert collector.stop(timeout_s=10)
 

@@ -415,6 +415,7 @@ def test_gzip_batches_arrive_compressed_and_decode_with_the_shared_validator(
         devices.publish_all([(f"dev-{d}", json.dumps([record(f"dev-{d}", s, ts_ms=base + s) for s in range(50)]).encode())
                              for d in range(4)])
         assert collector.wait_idle(timeout_s=20)
+        wait_until(lambda: len(central.records()) == 200, 10, "the 200 records at the subscriber")
     finally:
         assert collector.stop(timeout_s=10)
     with central.lock:

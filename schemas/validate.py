@@ -76,6 +76,54 @@ class Validator:
     def __init__(self, contract: Contract | None = None) -> None:
         self.contract = contract or load_contract(1)
         self._limits = self.contract.limits
+        # Field checks compiled once per contract field: the common case (a valid
+        # value) costs one closure call; errors fall back to _field for the message.
+        self._common = [(spec.name, self._checker(spec)) for spec in self.contract.common if spec.name != "v"]
+        self._kind_fields = {
+            kind: [(spec.name, spec.required, self._checker(spec)) for spec in specs]
+            for kind, specs in self.contract.kinds.items()
+        }
+        self._firmware_match = self.contract.firmware_re.fullmatch
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"contract": self.contract}  # the compiled checks are rebuilt, not pickled
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        type(self).__init__(self, state["contract"])
+
+    def _checker(self, spec: FieldSpec) -> Any:
+        """A fast check for one field: returns the value, or defers to :meth:`_field` to raise."""
+        slow = self._field
+        if spec.type == "identifier":
+            match = self.contract.identifier_re.fullmatch
+            longest = self._limits.identifier_max_length
+
+            def identifier(value: Any) -> Any:
+                if type(value) is str and len(value) <= longest and match(value):
+                    return value
+                return slow(spec, value)
+
+            return identifier
+        if spec.type == "int":
+            low = -math.inf if spec.min is None else spec.min
+            high = math.inf if spec.max is None else spec.max
+
+            def integer(value: Any) -> Any:
+                if type(value) is int and low <= value <= high:
+                    return value
+                return slow(spec, value)
+
+            return integer
+        if spec.type == "string":
+            longest_string = self._limits.max_string_length
+
+            def string(value: Any) -> Any:
+                if type(value) is str and len(value) <= longest_string:
+                    return value
+                return slow(spec, value)
+
+            return string
+        return lambda value: slow(spec, value)
 
     # ---------------------------------------------------------------- fields
     def _identifier(self, name: str, value: Any) -> str:
@@ -176,20 +224,20 @@ class Validator:
                 "unsupported_version", f"record v={quote(version)}, this validator speaks v1"
             )
         out: dict[str, Any] = {}
-        for spec in self.contract.common:
-            if spec.name == "v":
-                continue
-            if spec.name not in obj:
-                raise InvalidTelemetry("missing_field", f"record has no {spec.name}")
-            if spec.name == "kind" and obj["kind"] not in self.contract.kinds:
+        kinds = self.contract.kinds
+        for name, check in self._common:
+            if name not in obj:
+                raise InvalidTelemetry("missing_field", f"record has no {name}")
+            value = obj[name]
+            if name == "kind" and (type(value) is not str or value not in kinds):
                 raise InvalidTelemetry(
                     "unknown_kind",
-                    f"kind={quote(obj['kind'])} is not one of {sorted(self.contract.kinds)}",
+                    f"kind={quote(value)} is not one of {sorted(kinds)}",
                 )
-            out[spec.name] = self._field(spec, obj[spec.name])
+            out[name] = check(value)
         if out["seq"] > self._limits.max_seq or out["boot"] > self._limits.max_boot:
             raise InvalidTelemetry("out_of_range", f"boot={out['boot']} seq={out['seq']} too large")
-        if not self.contract.firmware_re.fullmatch(out["fw"]):
+        if not self._firmware_match(out["fw"]):
             raise InvalidTelemetry(
                 "bad_firmware", f"fw={quote(out['fw'])} is not a dotted version like 2.4.1"
             )
@@ -202,11 +250,11 @@ class Validator:
                 f"ts_ms={ts} is {(ts - now_ms) // 1000}s ahead of the receiver's clock",
             )
         kind = out["kind"]
-        for spec in self.contract.kinds[kind]:
-            if spec.name in obj:
-                out[spec.name] = self._field(spec, obj[spec.name])
-            elif spec.required:
-                raise InvalidTelemetry("missing_field", f"{kind} record has no {spec.name}")
+        for name, required, check in self._kind_fields[kind]:
+            if name in obj:
+                out[name] = check(obj[name])
+            elif required:
+                raise InvalidTelemetry("missing_field", f"{kind} record has no {name}")
         return out
 
     def records(

@@ -44,6 +44,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("gateway", "fleetpulse.devices.collector.cli", "run the gateway collector"),
     Command("land", "fleetpulse.pipeline.lake.cli", "land central-broker batches in the Parquet lake", (PIPELINE,)),
     Command("backfill", "fleetpulse.pipeline.jobs.cli", "batch job over the lake: rollups, signals, alerts", (PIPELINE,)),
+    Command("ingest", "fleetpulse.pipeline.ingest.cli", "streaming job: central broker to the lake, InfluxDB and alerts", (PIPELINE,)),
     Command("health", "fleetpulse.pipeline.report.cli", "print the portfolio table or one account explained", (PIPELINE,)),
     Command("retention", "fleetpulse.pipeline.analytics.cli", "usage retention by cohort and segment, and CSM coverage", (PIPELINE,)),
     Command("report", "fleetpulse.pipeline.report.html_cli", "a self-contained HTML portfolio report", (PIPELINE,)),

@@ -1,0 +1,196 @@
+"""``fleetpulse ingest``: the streaming job, from the central broker to the lake and InfluxDB.
+
+    fleetpulse ingest --broker broker:8883 --tls --ca-file ca.pem --username ingest \\
+        --lake ./lake --out ./signals [--accounts accounts.csv] [--readers 2] \\
+        [--max-messages N | --idle-stop-ms MS | --stop-file PATH] [-- --runner=DataflowRunner …]
+
+Configuration is validated before anything connects. InfluxDB comes from the
+``INFLUX_*`` environment (as for ``backfill``); the broker password from the
+variable named by ``--password-env``. Arguments after ``--`` go to Beam
+unchanged; without them the job runs locally on Beam's FnApiRunner, which
+executes it as a bounded run: it reads until a stop condition (``--max-messages``
+per reader, ``--idle-stop-ms``, ``--stop-file``, or SIGINT/SIGTERM), then fires
+every window and writes the results. See docs/STREAMING.md for why.
+
+Landing files a previous run wrote but did not finish (it was killed) are
+replayed first; a run that finishes cleanly clears them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from fleetpulse.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SOURCE = "command line"
+
+
+def _broker(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not host:port")
+    return host, int(port)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker", type=_broker, default=("127.0.0.1", 1883),
+                        help="central broker host:port (default 127.0.0.1:1883)")
+    parser.add_argument("--tls", action="store_true", help="connect with TLS")
+    parser.add_argument("--ca-file", help="CA bundle for --tls (default: the system's)")
+    parser.add_argument("--username", help="broker user name")
+    parser.add_argument("--password-env", default="FLEETPULSE_MQTT_PASSWORD",
+                        help="environment variable holding the broker password")
+    parser.add_argument("--share-group", default="fleetpulse-ingest",
+                        help="shared-subscription group the readers split the load in")
+    parser.add_argument("--client-id-prefix", default="fleetpulse-ingest",
+                        help="readers connect as <prefix>-<n>; keep it fixed across restarts")
+    parser.add_argument("--readers", type=int, default=1, help="reader connections (default 1)")
+    parser.add_argument("--lake", required=True, help="lake root (local folder)")
+    parser.add_argument("--out", required=True, help="folder for dead letters and alerts")
+    parser.add_argument("--accounts", help="accounts registry CSV: enables customer signals and alerts")
+    parser.add_argument("--health-model", help="health model YAML (default: the packaged model)")
+    parser.add_argument("--allowed-lateness-s", type=int, default=6 * 3600,
+                        help="how late a record may come and still restate its hour (default 6 h)")
+    parser.add_argument("--dedupe-ttl-s", type=int, default=86400,
+                        help="how long (event time) a record id is remembered for dedupe (default 1 d)")
+    parser.add_argument("--watermark-lag-ms", type=int, default=300_000,
+                        help="the watermark trails the earliest recent event time by this (default 5 min)")
+    parser.add_argument("--idle-watermark", choices=("hold", "wall_clock"), default="hold",
+                        help="while no message arrives: hold the watermark, or follow the clock")
+    parser.add_argument("--max-messages-per-bundle", type=int, default=100,
+                        help="messages per bundle, at most the broker's in-flight window (default 100)")
+    parser.add_argument("--max-messages", type=int, help="each reader stops after this many messages")
+    parser.add_argument("--idle-stop-ms", type=int, help="stop after this long without a message")
+    parser.add_argument("--stop-file", help="stop reading when this file exists")
+    parser.add_argument("--no-land", action="store_true",
+                        help="do not write the raw messages to the landing zone before acking "
+                             "(only safe on a runner that persists committed bundles)")
+    parser.add_argument("beam_args", nargs="*", help="Beam pipeline options, after --")
+
+
+def _positive(value: int | None, key: str, fix: str) -> None:
+    if value is not None and value <= 0:
+        raise ConfigError(SOURCE, key, f"{value} is not positive", fix)
+
+
+def resolve(args: argparse.Namespace) -> Any:  # -> IngestConfig
+    """Validate every input without connecting; ConfigError names what is wrong."""
+    from fleetpulse.pipeline.health.config import load_health_model
+    from fleetpulse.pipeline.sinks.influx import InfluxConfig
+    from fleetpulse.schemas.accounts import load_accounts
+
+    from .job import IngestConfig
+    from .mqtt import MqttSourceConfig
+    from .sinks import pending_landing_files
+
+    _positive(args.readers, "--readers", "give at least 1")
+    _positive(args.max_messages_per_bundle, "--max-messages-per-bundle", "give 1..100")
+    if args.max_messages is not None and args.max_messages < 0:
+        raise ConfigError(SOURCE, "--max-messages", f"{args.max_messages} is negative",
+                          "leave it out to read until stopped")
+    _positive(args.idle_stop_ms, "--idle-stop-ms", "leave it out to read until stopped")
+    _positive(args.dedupe_ttl_s, "--dedupe-ttl-s", "give seconds, e.g. 86400")
+    if args.allowed_lateness_s < 0:
+        raise ConfigError(SOURCE, "--allowed-lateness-s", f"{args.allowed_lateness_s} is negative",
+                          "give 0 or more seconds")
+    if "://" in args.lake:
+        raise ConfigError(SOURCE, "--lake", f"{args.lake} is not a local folder",
+                          "the streaming sinks commit with a local rename; point --lake at a folder")
+    if args.username and not os.environ.get(args.password_env):
+        raise ConfigError("environment", args.password_env, "is not set but --username is",
+                          f"export {args.password_env}=<the broker password>")
+    host, port = args.broker
+    stop_file = args.stop_file or str(Path(args.lake) / "ingest" / args.client_id_prefix / "stop")
+    try:
+        source = MqttSourceConfig(
+            host=host, port=port, tls=args.tls, ca_file=args.ca_file,
+            username=args.username, password_env=args.password_env if args.username else None,
+            share_group=args.share_group, client_id_prefix=args.client_id_prefix,
+            readers=args.readers, watermark_lag_ms=args.watermark_lag_ms,
+            idle_watermark=args.idle_watermark, max_messages=args.max_messages,
+            idle_stop_ms=args.idle_stop_ms, stop_file=stop_file,
+            max_messages_per_bundle=args.max_messages_per_bundle,
+        )
+    except ValueError as exc:
+        raise ConfigError(SOURCE, "broker options", str(exc), "see fleetpulse ingest --help") from None
+    land = not args.no_land
+    replay = tuple(str(p) for p in pending_landing_files(args.lake, args.client_id_prefix)) if land else ()
+    accounts = load_accounts(args.accounts) if args.accounts else None
+    return IngestConfig(
+        source=source,
+        lake=args.lake,
+        out=args.out,
+        influx=InfluxConfig.from_env(os.environ),
+        accounts=accounts,
+        model=load_health_model(args.health_model) if accounts is not None else None,
+        allowed_lateness_s=args.allowed_lateness_s,
+        dedupe_ttl_s=args.dedupe_ttl_s,
+        land=land,
+        replay=replay,
+    )
+
+
+def local_beam_args() -> list[str]:
+    """The local default: FnApiRunner in this process, named so Prism is never downloaded.
+
+    The only local runner here that executes an unbounded splittable DoFn with
+    bundle finalization; in-process, so the source's connections and the
+    finalizer that acknowledges live in one process (docs/STREAMING.md).
+    """
+    return ["--runner=FnApiRunner", "--direct_running_mode=in_memory",
+            "--default_sdk_harness_log_level=WARNING"]
+
+
+def run_ingest(config: Any, beam_args: list[str]) -> Any:  # -> PipelineResult
+    """Run the job to its end; on a clean end, clear the pending landing markers."""
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    from .job import build_pipeline
+    from .sinks import clear_pending, rollback_unfinished_outputs
+
+    stop_file = config.source.stop_file
+    if stop_file:
+        Path(stop_file).unlink(missing_ok=True)  # a stale stop request from an earlier run
+    options = PipelineOptions(beam_args or local_beam_args())
+    options.view_as(StandardOptions).streaming = True
+    if config.land:
+        # What an unfinished run derived is rebuilt from its replayed inputs, once.
+        removed = rollback_unfinished_outputs(config.lake, config.writer)
+        if removed or config.replay:
+            log.info("unfinished run: removed %d of its outputs, replaying %d landing files",
+                     removed, len(config.replay))
+    result = build_pipeline(options, config).run()
+    result.wait_until_finish()
+    if config.land:
+        clear_pending(config.lake, config.writer)
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    from fleetpulse.pipeline.jobs.cli import counters
+
+    config = resolve(args)
+    stop_file = config.source.stop_file
+
+    def request_stop(signum: int, frame: Any) -> None:
+        # The source sees the file, stops reading, and the run drains and ends cleanly.
+        log.info("signal %d: stopping the readers and draining", signum)
+        Path(stop_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(stop_file).touch()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = run_ingest(config, list(args.beam_args))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    for key, value in counters(result).items():
+        log.info("counter %s = %d", key, value)
+    return 0

@@ -1,0 +1,167 @@
+"""The streaming job: MQTT → records, rollups, signals → the lake, InfluxDB, alerts.
+
+The plan, one named composite per step (the transforms are the batch job's;
+only the source, the dedupe and the triggering differ)::
+
+    ReadFromMqtt ─▶ LandMessages (write-ahead landing; the source acks after it)
+    [ReplayLanding: files a previous run landed but did not finish] ─┐
+                 ─▶ ProcessTelemetry:                                 ◀┘
+                      DecodeBatches ─▶ dead letters (JSON lines, with the reason)
+                      WithEventTime → StatefulDedupe (device, boot, seq; bounded state)
+                      ─▶ WriteArchivePanes (lake/records by event hour, atomic files)
+                      DeviceHourlyRollups (event time, allowed lateness, a late record
+                        restates its hour) → CustomerDailyUsage
+                 ─▶ InfluxDB fp_device_hourly (a restated hour overwrites its point)
+                 ─▶ [accounts given] ScoreAccounts → fp_customer_daily, alerts
+
+``build_pipeline`` returns the unrun pipeline; ``fleetpulse ingest`` runs it.
+Which runner executes it how — and what is guaranteed where — is in
+``docs/STREAMING.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.trigger import AfterCount, AfterWatermark
+
+from fleetpulse.pipeline.health.config import HealthModel
+from fleetpulse.pipeline.health.score import score_account
+from fleetpulse.pipeline.jobs import outputs
+from fleetpulse.pipeline.jobs.points import customer_day_point, device_hour_point
+from fleetpulse.pipeline.jobs.sinks import WriteToInflux
+from fleetpulse.pipeline.sinks.influx import InfluxConfig
+from fleetpulse.pipeline.transforms import (
+    ALERTS,
+    DEAD_LETTERS,
+    SIGNALS,
+    CustomerDailyUsage,
+    DecodeBatches,
+    DeviceHourlyRollups,
+    FleetContextFrom,
+    ScoreAccounts,
+    WithEventTime,
+)
+from fleetpulse.pipeline.transforms.stateful_dedupe import StatefulDedupe
+from fleetpulse.schemas.accounts import Account
+
+from .mqtt import MqttSourceConfig, ReadFromMqtt
+from .sinks import LandMessages, ReplayLanding, WriteArchivePanes, WriteJsonLinesParts
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Everything the streaming job needs, resolved and validated before it is built."""
+
+    source: MqttSourceConfig
+    lake: str
+    out: str
+    influx: InfluxConfig | None = None
+    accounts: dict[str, Account] | None = None
+    model: HealthModel | None = None
+    allowed_lateness_s: int = 6 * 3600
+    dedupe_ttl_s: int = 86400
+    dedupe_max_pairs_per_device: int = 200_000
+    land: bool = True
+    replay: tuple[str, ...] = field(default=())
+
+    @property
+    def writer(self) -> str:
+        """Names this job's landing files and pending markers: one per client id prefix."""
+        return self.source.client_id_prefix
+
+
+class ProcessTelemetry(beam.PTransform):
+    """Landing rows → ``{"records", "hours", "days", "dead_letters"}``.
+
+    The streaming job's middle, shared with its TestStream tests: decode and
+    validate, dedupe with bounded state, hourly and daily rollups in event
+    time. A record later than the watermark but within ``allowed_lateness_s``
+    fires its hour (and day) again; the panes accumulate, so the new pane
+    restates the whole hour and overwrites the earlier point downstream.
+    """
+
+    def __init__(
+        self,
+        *,
+        allowed_lateness_s: int = 6 * 3600,
+        dedupe_ttl_s: int = 86400,
+        dedupe_max_pairs_per_device: int = 200_000,
+        label: str | None = None,
+    ) -> None:
+        super().__init__(label)
+        self.allowed_lateness_s = allowed_lateness_s
+        self.dedupe = dict(ttl_s=dedupe_ttl_s, max_pairs_per_device=dedupe_max_pairs_per_device)
+
+    def expand(self, messages: beam.PCollection) -> dict[str, beam.PCollection]:
+        decoded = messages | "DecodeBatches" >> DecodeBatches()
+        records = (
+            decoded.main
+            | "EventTime" >> WithEventTime()
+            | "StatefulDedupe" >> StatefulDedupe(**self.dedupe)
+        )
+        policy: dict[str, Any] = dict(
+            window_mode="event_time",
+            allowed_lateness_s=self.allowed_lateness_s,
+            trigger=AfterWatermark(late=AfterCount(1)),
+        )
+        hours = records | "DeviceHourlyRollups" >> DeviceHourlyRollups(**policy)
+        days = hours | "CustomerDailyUsage" >> CustomerDailyUsage(**policy)
+        return {"records": records, "hours": hours, "days": days, "dead_letters": decoded[DEAD_LETTERS]}
+
+
+def build_pipeline(
+    options: PipelineOptions,
+    config: IngestConfig,
+    *,
+    source: beam.PTransform | None = None,
+) -> beam.Pipeline:
+    """The unrun streaming pipeline for ``config``; ``source`` replaces ReadFromMqtt in tests."""
+    p = beam.Pipeline(options=options)
+    out = config.out.rstrip("/")
+
+    messages = p | "ReadFromMqtt" >> (source or ReadFromMqtt(config.source))
+    if config.land:
+        messages = messages | "LandMessages" >> LandMessages(config.lake, config.writer)
+    if config.replay:
+        replayed = p | "ReplayLanding" >> ReplayLanding(config.replay)
+        messages = (messages, replayed) | "WithReplay" >> beam.Flatten()
+
+    processed = messages | "ProcessTelemetry" >> ProcessTelemetry(
+        allowed_lateness_s=config.allowed_lateness_s,
+        dedupe_ttl_s=config.dedupe_ttl_s,
+        dedupe_max_pairs_per_device=config.dedupe_max_pairs_per_device,
+    )
+    # Outputs are registered for rollback only when their inputs were landed (and so can be replayed).
+    writer = config.writer if config.land else None
+    register = (config.lake, config.writer) if config.land else None
+    _ = processed["records"] | "WriteRawArchive" >> WriteArchivePanes(config.lake, writer)
+
+    point_sets = [processed["hours"] | "DevicePoints" >> beam.Map(device_hour_point)]
+    if config.accounts is not None and config.model is not None:
+        days = processed["days"]
+        fleet = days | "FleetContext" >> FleetContextFrom()
+        scored = days | "ScoreAccounts" >> ScoreAccounts(
+            config.accounts, config.model, score_account, fleet=fleet
+        )
+        point_sets.append(scored[SIGNALS] | "CustomerPoints" >> beam.Map(customer_day_point))
+        _ = (
+            scored[ALERTS]
+            | "AlertJson" >> beam.Map(outputs.alert_json)
+            | "WriteAlerts" >> WriteJsonLinesParts(f"{out}/alerts", register=register)
+        )
+
+    dead: list[beam.PCollection] = [processed["dead_letters"]]
+    if config.influx is not None:
+        points = tuple(point_sets) | "AllPoints" >> beam.Flatten()
+        dead.append(points | "WriteInflux" >> WriteToInflux(config.influx))
+    _ = (
+        tuple(dead)
+        | "AllDeadLetters" >> beam.Flatten()
+        | "DeadLetterJson" >> beam.Map(outputs.dead_letter_json)
+        | "WriteDeadLetters" >> WriteJsonLinesParts(f"{out}/dead_letters", register=register)
+    )
+    return p

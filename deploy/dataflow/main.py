@@ -1,0 +1,365 @@
+"""Entry point of the FleetPulse Dataflow Flex Template: one image, two jobs.
+
+The Flex Template launcher runs this file (``FLEX_TEMPLATE_PYTHON_PY_FILE``)
+with the template parameters as ``--name=value`` and Dataflow's own pipeline
+options (``--runner``, ``--project``, ``--region``, ``--temp_location``,
+``--sdk_container_image`` …) mixed in::
+
+    python main.py --job=backfill --lake=gs://b/lake --accounts=gs://b/accounts.csv \\
+        --out=gs://b/signals --from=2026-08-01 --to=2026-08-31 --runner=DataflowRunner …
+
+``job`` picks ``ingest`` (``fleetpulse ingest``) or ``backfill``
+(``fleetpulse backfill``). Every other template parameter is that command's
+flag with ``_`` for ``-`` (``ca_file`` is ``--ca-file``; a switch such as
+``tls`` takes ``true``/``false``): the parameters are *derived* from the two
+commands' ``add_arguments``, their values are parsed by those parsers and
+validated by their ``resolve``, and the pipeline is built by the same
+``build_pipeline`` the commands use. Whatever this file does not know is a
+Beam/Dataflow pipeline option and goes to ``PipelineOptions`` unchanged.
+
+Two parameters exist only here, because Flex Template workers and launchers
+get no environment of their own: ``influx_env`` (``INFLUX_URL=…;INFLUX_ORG=…``,
+the non-secret ``INFLUX_*`` settings) and ``secret_env``
+(``INFLUX_TOKEN=projects/p/secrets/s/versions/latest;…``: environment
+variables read from Secret Manager at launch). ``accounts`` and
+``health_model`` may be ``gs://`` files; they are copied to the launcher's
+disk before they are validated.
+
+On a local runner (no ``--runner``, DirectRunner, FnApiRunner, Prism) this
+runs the job exactly as the command would, and waits. On any other runner it
+builds, submits and returns without waiting, as a Flex Template launcher must.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import IO, Any, NoReturn
+
+from fleetpulse.errors import ConfigError
+
+log = logging.getLogger("fleetpulse.dataflow")
+
+SOURCE = "template parameters"
+
+#: job name -> the module of its command (``add_arguments``, ``resolve``, ``local_beam_args``)
+JOB_MODULES: dict[str, str] = {
+    "ingest": "fleetpulse.pipeline.ingest.cli",
+    "backfill": "fleetpulse.pipeline.jobs.cli",
+}
+
+#: parameters of this entry point itself (not flags of a command)
+LAUNCH_PARAMS = ("job", "influx_env", "secret_env")
+
+#: runners that execute in (or beside) this process, where local paths mean this machine's disk
+LOCAL_RUNNERS = frozenset({
+    "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner",
+    "FnApiRunner", "PrismRunner", "direct", "prism",
+})
+
+#: INFLUX_* variables that hold secrets: only through ``secret_env``, never as a visible parameter
+SECRET_INFLUX_KEYS = frozenset({"INFLUX_TOKEN", "INFLUX_PASSWORD"})
+
+#: template parameters that name a file the launcher reads while validating
+LAUNCHER_FILES = ("accounts", "health_model")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One template parameter: the command flag it stands for, and whether it is a switch."""
+
+    name: str
+    flag: str
+    switch: bool
+    jobs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A parsed launch: the job, its command's flags, the launch env inputs, Beam's options."""
+
+    job: str
+    #: the command's flags, translated from the parameters (files excepted)
+    cli_argv: list[str]
+    #: flag -> path of the files the launcher reads (``accounts``, ``health_model``); may be gs://
+    files: dict[str, str]
+    influx_env: str
+    secret_env: str
+    beam_args: list[str]
+
+    def command_argv(self, staged: Mapping[str, str] | None = None) -> list[str]:
+        """The command's argv, with each file replaced by its staged local copy when given."""
+        staged = staged or {}
+        return [*self.cli_argv, *(f"{flag}={staged.get(flag, path)}" for flag, path in self.files.items())]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are ConfigErrors (one line, no usage dump, no exit)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(SOURCE, self.prog, message, "see deploy/dataflow/metadata.json for the parameters")
+
+
+def job_module(job: str) -> ModuleType:
+    """The command module of ``job`` (light to import: no Beam at its top)."""
+    return importlib.import_module(JOB_MODULES[job])
+
+
+def command_parser(job: str) -> argparse.ArgumentParser:
+    """The command's own parser (``fleetpulse <job>``), raising ConfigError instead of exiting."""
+    parser = _Parser(prog=job, add_help=False, allow_abbrev=False)
+    job_module(job).add_arguments(parser)
+    return parser
+
+
+def template_params() -> dict[str, Param]:
+    """Every command flag of both jobs as a template parameter, by name."""
+    params: dict[str, Param] = {}
+    for job in JOB_MODULES:
+        # argparse keeps its actions in a private list; it is the only way to
+        # enumerate a parser's options, and this keeps the commands the one source of truth.
+        for action in command_parser(job)._actions:
+            longs = [s for s in action.option_strings if s.startswith("--")]
+            if not longs:
+                continue  # the positional beam_args
+            flag = longs[0]
+            name = flag[2:].replace("-", "_")
+            previous = params.get(name)
+            jobs = (*previous.jobs, job) if previous else (job,)
+            params[name] = Param(name=name, flag=flag, switch=action.nargs == 0, jobs=jobs)
+    return params
+
+
+def template_parser(params: Mapping[str, Param] | None = None) -> argparse.ArgumentParser:
+    """The launcher's parser: ``--job``, ``--influx_env``, ``--secret_env`` and every command flag."""
+    params = template_params() if params is None else params
+    # allow_abbrev=False: Beam's options (``--job_name``, ``--region``) must never be
+    # taken for an abbreviation of ours.
+    parser = _Parser(prog="fleetpulse-dataflow", allow_abbrev=False, description=__doc__.split("\n")[0])
+    parser.add_argument("--job", required=True, choices=tuple(JOB_MODULES))
+    parser.add_argument("--influx_env", help="non-secret INFLUX_* settings: NAME=value;NAME=value")
+    parser.add_argument("--secret_env", help="NAME=projects/…/secrets/…/versions/…;… read at launch")
+    for param in params.values():
+        parser.add_argument(f"--{param.name}", help=f"{'/'.join(param.jobs)}: {param.flag}")
+    return parser
+
+
+def _pairs(text: str, key: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(SOURCE, key, f"{item!r} is not NAME=value", "separate entries with ';'")
+        pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
+def read_gcp_secret(version_name: str) -> str:
+    """A Secret Manager secret version's value (``google-cloud-secret-manager``, in Beam's gcp extra)."""
+    from apache_beam.utils.secret import GcpSecret
+
+    return GcpSecret(version_name).get_str()
+
+
+def launch_env(
+    influx_env: str | None,
+    secret_env: str | None,
+    read_secret: Callable[[str], str] = read_gcp_secret,
+) -> dict[str, str]:
+    """The environment the job's ``resolve`` reads: INFLUX_* settings, then secrets."""
+    env: dict[str, str] = {}
+    for name, value in _pairs(influx_env or "", "influx_env"):
+        if not name.startswith("INFLUX_"):
+            raise ConfigError(SOURCE, "influx_env", f"{name} is not an INFLUX_* setting",
+                              "give INFLUX_URL, INFLUX_ORG, INFLUX_BUCKET, INFLUX_DB, …")
+        if name in SECRET_INFLUX_KEYS:
+            # Parameters are shown in the console and the job's metadata; secrets are not parameters.
+            raise ConfigError(SOURCE, "influx_env", f"{name} is a secret",
+                              f"store it in Secret Manager and pass secret_env={name}=projects/…/versions/latest")
+        env[name] = value
+    for name, version in _pairs(secret_env or "", "secret_env"):
+        if not name.replace("_", "").isalnum() or not name[0].isalpha() or not name.isupper():
+            raise ConfigError(SOURCE, "secret_env", f"{name!r} is not an environment variable name",
+                              "use upper-case letters, digits and _")
+        if not version.startswith("projects/") or "/secrets/" not in version or "/versions/" not in version:
+            raise ConfigError(SOURCE, "secret_env", f"{version!r} is not a secret version",
+                              "write projects/<project>/secrets/<name>/versions/<n or latest>")
+        env[name] = read_secret(version)
+    return env
+
+
+def parse(argv: Sequence[str], params: Mapping[str, Param] | None = None) -> Launch:
+    """Split argv into the job, its command's argv, the launch env inputs and Beam's options."""
+    params = template_params() if params is None else params
+    known, beam_args = template_parser(params).parse_known_args(list(argv))
+    job: str = known.job
+    cli_argv: list[str] = []
+    files: dict[str, str] = {}
+    for param in params.values():
+        value = getattr(known, param.name)
+        if value is None:
+            continue
+        if job not in param.jobs:
+            other = " and ".join(param.jobs)
+            raise ConfigError(SOURCE, param.name, f"is a parameter of {other}, not of {job}",
+                              f"remove {param.name}, or launch job={other}")
+        if param.switch:
+            if value not in ("true", "false"):
+                raise ConfigError(SOURCE, param.name, f"{value!r} is not true or false", "write true or false")
+            if value == "true":
+                cli_argv.append(param.flag)
+            continue
+        if param.name in LAUNCHER_FILES:
+            files[param.flag] = value
+        else:
+            # flag=value keeps a value that begins with '-' a value
+            cli_argv.append(f"{param.flag}={value}")
+    return Launch(
+        job=job,
+        cli_argv=cli_argv,
+        files=files,
+        influx_env=known.influx_env or "",
+        secret_env=known.secret_env or "",
+        beam_args=list(beam_args),
+    )
+
+
+def runner_of(beam_args: Sequence[str]) -> str | None:
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    runner = PipelineOptions(list(beam_args)).view_as(StandardOptions).runner
+    return runner if isinstance(runner, str) or runner is None else type(runner).__name__
+
+
+def is_local(beam_args: Sequence[str]) -> bool:
+    """True when the job runs here: no runner named (the commands' local default) or a local one."""
+    runner = runner_of(beam_args)
+    return runner is None or runner.rsplit(".", 1)[-1] in LOCAL_RUNNERS
+
+
+def stage_file(path: str, workdir: Path, opener: Callable[[str], IO[bytes]] | None = None) -> str:
+    """A local copy of ``path`` when it is in an object store (gs://), else ``path`` itself.
+
+    The accounts registry and the health model are read and validated at
+    launch and travel to the workers inside the pipeline, so only the
+    launcher needs them on disk.
+    """
+    if "://" not in path:
+        return path
+    if opener is None:
+        from apache_beam.io.filesystems import FileSystems
+
+        opener = FileSystems.open
+    local = workdir / Path(path.rstrip("/")).name
+    try:
+        with opener(path) as source:
+            local.write_bytes(source.read())
+    except OSError as exc:
+        raise ConfigError(SOURCE, path, f"cannot be read at launch ({exc})",
+                          "check the path and that the launcher's service account may read it") from None
+    return str(local)
+
+
+def check_remote(launch: Launch) -> None:
+    """What can be checked here about a run on a remote runner (Dataflow), before building."""
+    from apache_beam.options.pipeline_options import PipelineOptions, WorkerOptions
+
+    runner = runner_of(launch.beam_args) or ""
+    if launch.job == "ingest":
+        # docs/STREAMING.md: the streaming file writers commit with fsync + os.replace on a
+        # local path. On remote workers that is each worker's own disk, lost with the worker.
+        raise ConfigError(
+            SOURCE, "job", f"ingest cannot run on {runner} yet: its lake and outputs are local files "
+            "(write-ahead landing, archive panes, dead letters) that would live on each worker's disk",
+            "run `fleetpulse ingest` on a VM with a local --lake; see deploy/dataflow/README.md",
+        )
+    options = PipelineOptions(list(launch.beam_args))
+    if runner.endswith("DataflowRunner") and not options.view_as(WorkerOptions).sdk_container_image:
+        raise ConfigError(
+            SOURCE, "sdk_container_image", "is not set: the workers would run the stock Beam image, "
+            "which has no fleetpulse", "pass sdk_container_image=<this template's image>",
+        )
+
+
+def resolve(launch: Launch, workdir: Path, read_secret: Callable[[str], str] = read_gcp_secret) -> Any:
+    """The job's validated config (IngestConfig / JobConfig), via its command's ``resolve``.
+
+    Sets the launch environment (``influx_env``, ``secret_env``) in this
+    process's environment first: the commands read InfluxDB's settings and the
+    broker password from there (this process is the launcher, or the whole
+    run on a local runner).
+    """
+    os.environ.update(launch_env(launch.influx_env, launch.secret_env, read_secret))
+    staged = {flag: stage_file(path, workdir) for flag, path in launch.files.items()}
+    args = command_parser(launch.job).parse_args(launch.command_argv(staged))
+    return job_module(launch.job).resolve(args)
+
+
+def pipeline_options(launch: Launch) -> Any:
+    """Beam options: the given ones, or the command's local default; streaming for ingest."""
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    options = PipelineOptions(launch.beam_args or job_module(launch.job).local_beam_args())
+    if launch.job == "ingest":
+        options.view_as(StandardOptions).streaming = True
+    return options
+
+
+def build(launch: Launch, config: Any) -> Any:
+    """The unrun pipeline, from the job's own ``build_pipeline``."""
+    if launch.job == "ingest":
+        from fleetpulse.pipeline.ingest.job import build_pipeline as build_ingest
+
+        return build_ingest(pipeline_options(launch), config)
+    from fleetpulse.pipeline.jobs.backfill import build_pipeline as build_backfill
+
+    return build_backfill(pipeline_options(launch), config)
+
+
+def run(argv: Sequence[str], read_secret: Callable[[str], str] = read_gcp_secret) -> int:
+    """Validate, build and run; wait only on a local runner."""
+    launch = parse(argv)
+    local = is_local(launch.beam_args)
+    if not local:
+        check_remote(launch)
+    with tempfile.TemporaryDirectory(prefix="fleetpulse-launch-") as workdir:
+        # Staged files are read while resolving; the config holds their contents.
+        config = resolve(launch, Path(workdir), read_secret=read_secret)
+    if local:
+        from fleetpulse.pipeline.jobs.cli import counters
+
+        # Exactly what the command does, pre/post steps included (landing
+        # replay and pending markers for ingest, output clearing for backfill), and a wait.
+        module = job_module(launch.job)
+        runner = module.run_ingest if launch.job == "ingest" else module.run_job
+        result = runner(config, launch.beam_args)
+        for key, value in counters(result).items():
+            log.info("counter %s = %d", key, value)
+        return 0
+    # A Flex Template launcher must return once the job is submitted: no wait_until_finish.
+    result = build(launch, config).run()
+    job_id = getattr(result, "job_id", None)
+    log.info("submitted %s as job %s", launch.job, job_id() if callable(job_id) else "?")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        # One line naming the parameter and the fix; it is what the launcher's log shows.
+        print(f"fleetpulse dataflow: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -49,6 +49,7 @@ ACCOUNTS = HEADER + "c-0001,Acme,smb,digital,12000,2026-01-01,2027-01-01,5,,\n"
 #: an obviously wrong value per parameter, that its regexes must refuse
 BAD = {
     "job": "stream",
+    "protocol": "4",
     "lake": "/data/lake",
     "out": "s3://bucket/out",
     "accounts": "accounts.csv",

@@ -7,6 +7,7 @@ deployed job would have them, so the messages published afterwards wait in the b
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import apache_beam as beam
@@ -117,3 +118,15 @@ def test_elements_carry_the_batch_event_time(mosquitto: Server) -> None:
             lambda row, ts=beam.DoFn.TimestampParam: (number(row), ts.micros // 1000)
         )
         assert_that(stamped, equal_to([(i, T0 + i * 1000) for i in range(5)]))
+
+
+def test_mqtt_3_1_1_reads_everything_once_on_a_persistent_session(mosquitto: Server) -> None:
+    # Brokers without MQTT 5 (the demo's amqtt): one reader, no shared subscription,
+    # clean_session=False keeps the session and its unacknowledged messages.
+    cfg = config(mosquitto, protocol="3.1.1", share_group=None, client_id_prefix="ingest-v311")
+    create_session(mosquitto.port, cfg)
+    publish(mosquitto.port, numbered(250))
+    read_numbers(replace(cfg, max_messages=250), list(range(250)))
+    read_numbers(cfg, [])
+    with pytest.raises(ValueError, match="share_group"):
+        replace(cfg, share_group="g")

@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--client-id-prefix", default="fleetpulse-ingest",
                         help="readers connect as <prefix>-<n>; keep it fixed across restarts")
     parser.add_argument("--readers", type=int, default=1, help="reader connections (default 1)")
+    parser.add_argument("--protocol", choices=("5", "3.1.1"), default="5",
+                        help="MQTT version (default 5); 3.1.1 for brokers without v5: one reader, "
+                             "no shared subscription")
     parser.add_argument("--lake", required=True, help="lake root (local folder)")
     parser.add_argument("--out", required=True, help="folder for dead letters and alerts")
     parser.add_argument("--accounts", help="accounts registry CSV: enables customer signals and alerts")
@@ -112,7 +115,8 @@ def resolve(args: argparse.Namespace) -> Any:  # -> IngestConfig
         source = MqttSourceConfig(
             host=host, port=port, tls=args.tls, ca_file=args.ca_file,
             username=args.username, password_env=args.password_env if args.username else None,
-            share_group=args.share_group, client_id_prefix=args.client_id_prefix,
+            share_group=None if args.protocol == "3.1.1" else args.share_group,
+            protocol=args.protocol, client_id_prefix=args.client_id_prefix,
             readers=args.readers, watermark_lag_ms=args.watermark_lag_ms,
             idle_watermark=args.idle_watermark, max_messages=args.max_messages,
             idle_stop_ms=args.idle_stop_ms, stop_file=stop_file,

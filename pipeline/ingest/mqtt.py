@@ -118,8 +118,19 @@ class MqttSourceConfig:
     max_messages: int | None = None
     idle_stop_ms: int | None = None
     stop_file: str | None = None
+    #: "5" (default), or "3.1.1" for brokers without MQTT v5 (one reader, no
+    #: shared subscription, no Receive Maximum: the broker's own in-flight
+    #: window must be at least max_messages_per_bundle)
+    protocol: str = "5"
 
     def __post_init__(self) -> None:
+        if self.protocol not in ("5", "3.1.1"):
+            raise ValueError(f"protocol={self.protocol!r}: \"5\" or \"3.1.1\"")
+        if self.protocol == "3.1.1" and (self.share_group or self.readers > 1):
+            raise ValueError(
+                "share_group: MQTT 3.1.1 has no shared subscriptions; use one reader and "
+                "share_group=None, or MQTT 5"
+            )
         if self.readers < 1:
             raise ValueError(f"readers={self.readers}: at least 1")
         if self.readers > 1 and not self.share_group:
@@ -216,12 +227,21 @@ class ReaderSession:
         self.counters: dict[str, int] = dict.fromkeys(
             ("received", "sent", "acked", "dropped", "errors", "reconnects"), 0
         )
-        self._client = client_factory(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
+        if config.protocol == "3.1.1":
+            self._client = client_factory(
+                mqtt.CallbackAPIVersion.VERSION2,
+                client_id=self.client_id,
+                protocol=mqtt.MQTTv311,
+                clean_session=False,  # the 3.1.1 persistent session
+                manual_ack=True,
+            )
+        else:
+            self._client = client_factory(
+                mqtt.CallbackAPIVersion.VERSION2,
+                client_id=self.client_id,
+                protocol=mqtt.MQTTv5,
+                manual_ack=True,
+            )
         if config.tls:
             self._client.tls_set(ca_certs=config.ca_file, cert_reqs=ssl.CERT_REQUIRED)
         if config.username:
@@ -234,13 +254,16 @@ class ReaderSession:
     # ------------------------------------------------------------ lifecycle
     def start(self) -> ReaderSession:
         cfg = self.config
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = cfg.session_expiry_s
-        properties.ReceiveMaximum = cfg.receive_maximum
         try:
-            self._client.connect(
-                cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=False, properties=properties
-            )
+            if cfg.protocol == "3.1.1":
+                self._client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
+            else:
+                properties = Properties(PacketTypes.CONNECT)
+                properties.SessionExpiryInterval = cfg.session_expiry_s
+                properties.ReceiveMaximum = cfg.receive_maximum
+                self._client.connect(
+                    cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=False, properties=properties
+                )
         except OSError as exc:
             self.counters["errors"] += 1
             raise TransientError(f"cannot reach MQTT broker {cfg.host}:{cfg.port}: {exc}") from exc

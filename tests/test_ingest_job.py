@@ -181,20 +181,14 @@ def test_killed_mid_stream_and_restarted_loses_nothing_and_doubles_nothing(
     check_exactly_once(lake, fleet, influx)
 
 
-@pytest.mark.slow
-def test_ingest_sustains_2500_records_per_second_with_no_loss(mosquitto: Server, tmp_path: Path) -> None:
-    # 30,000 records in 300 messages of 100, queued in the broker before the job starts;
-    # the time counts the whole process (Beam start-up included) up to its clean end,
-    # less the idle wait that ends it. On this 2-core machine it is ~3 times the target.
+def test_ingest_takes_a_queued_backlog_whole_with_no_loss(mosquitto: Server, tmp_path: Path) -> None:
+    # 30,000 records in 300 messages of 100, queued in the broker before the job starts.
+    # The rate is measured in bench/bench_ingest.py (python -m bench ingest), not here.
     fleet = seeded_fleet(seed=5, gateways=10, devices_per_gateway=10, records_per_device=300,
                          batch_records=100, resend_every=10**9)
     lake = tmp_path / "lake"
     create_session(mosquitto, lake)
     publish(mosquitto.port, fleet.messages)
-    started = time.monotonic()
     finish(ingest(mosquitto, lake, "--idle-stop-ms", "800"))
-    elapsed_s = time.monotonic() - started - 0.8
     rows = archived(lake)
     assert len(rows) == len(fleet.unique) == 30_000 and set(rows) == fleet.unique
-    rate = len(rows) / elapsed_s
-    assert rate >= 2500, f"{rate:.0f} records/s"

@@ -1,10 +1,12 @@
-"""``fleetpulse demo``: the whole path on embedded defaults, in one process.
+"""``fleetpulse demo``: the whole path on embedded defaults.
 
-    in-process MQTT broker (amqtt)
-      ▲ simulator: a seeded fleet publishes device telemetry
-      │ gateway collectors (one per simulated gateway): validate, stamp, batch, forward
-      ▼ lander: central-broker batches → <out>/lake/landing (acked after commit)
-    Beam batch job (DirectRunner): lake → rollups → customer signals → <out>/signals
+    two MQTT brokers (Debian's Mosquitto if installed, else amqtt in process)
+      ▲ simulator: a seeded fleet publishes device telemetry to the gateway-local broker
+      │ gateway collectors (one per simulated gateway): validate, spool, stamp, batch, forward
+      ▼ fleetpulse ingest (streaming Beam job): central broker → <out>/lake (landing, records),
+        InfluxDB fp_device_hourly when INFLUX_URL is set; a lander keeps the gateways' status
+        (without Mosquitto: the lander lands the batches too)
+    Beam batch job over the same lake: rollups → customer signals → <out>/signals
     → the portfolio table and the alerts raised; InfluxDB too when INFLUX_URL is set.
     playbooks (deploy/playbooks/lifecycle.yaml) → alerts and digital touches, captured to <out>/playbooks/sent.
 
@@ -26,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--malformed-per-day", type=int, default=2,
                         help="deliberately malformed device messages per day (dead-lettered at the gateway)")
     parser.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress display")
+    parser.add_argument("--broker", choices=("auto", "mosquitto", "amqtt"), default="auto",
+                        help="auto (default): Debian's mosquitto if installed, which runs the streaming "
+                             "ingest; amqtt: in-process brokers and the lander, no server needed")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
             days=args.days,
             malformed_per_day=args.malformed_per_day,
             progress=not args.no_progress,
+            broker=args.broker,
         )
     )
     print(result.report)

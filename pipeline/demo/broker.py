@@ -1,15 +1,21 @@
-"""An in-process MQTT broker for the demo (amqtt), so `make demo` needs no server.
+"""The demo's MQTT brokers: Debian's Mosquitto when installed, else amqtt in process.
 
-Tests use Debian's Mosquitto instead; this exists only so that a fresh clone
-with nothing but Python can run the whole path.
+With Mosquitto the demo runs the streaming path (MQTT 5, late acknowledgements);
+amqtt exists so that a fresh clone with nothing but Python can still run the
+whole path, with the lander instead of the streaming ingest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import socket
+import subprocess
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 
@@ -21,6 +27,8 @@ def free_port() -> int:
 
 class InProcessBroker:
     """amqtt on a loopback port in a background thread; ``start()`` / ``stop()``."""
+
+    protocol = "3.1.1"  # amqtt speaks MQTT 3.1.1 only
 
     def __init__(self, port: int | None = None) -> None:
         self.host = "127.0.0.1"
@@ -70,3 +78,69 @@ async def _cancel_others() -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def mosquitto_binary() -> str | None:
+    """Debian's Mosquitto, if installed (``apt-get install mosquitto``)."""
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None)
+
+
+class MosquittoBroker:
+    """A private Mosquitto on a loopback port with its data in ``workdir``; ``start()`` / ``stop()``.
+
+    The demo prefers it to amqtt: it speaks MQTT 5 (the collectors' flow
+    control, the streaming reader's shared subscription) and keeps QoS 1
+    messages until they are acknowledged, however late (amqtt gives up after
+    5 s, which a reader that acknowledges after its bundle is committed can exceed).
+    """
+
+    protocol = "5"
+
+    def __init__(self, binary: str, workdir: Path, port: int | None = None) -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self._binary = binary
+        self._workdir = workdir
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 10.0) -> MosquittoBroker:
+        self._workdir.mkdir(parents=True, exist_ok=True)
+        conf = self._workdir / "mosquitto.conf"
+        lines = [
+            f"listener {self.port} {self.host}",
+            "allow_anonymous true",
+            "persistence true",
+            f"persistence_location {self._workdir}/",
+            "max_queued_messages 0",  # a demo burst must not be dropped (see deploy/ for sizing)
+            "max_inflight_messages 100",
+            "log_dest stderr",
+            "log_type error",
+        ]
+        if os.geteuid() == 0:
+            lines.append("user root")  # mosquitto refuses to run as root otherwise
+        conf.write_text("\n".join(lines) + "\n")
+        with open(self._workdir / "mosquitto.log", "ab") as log_file:
+            self._proc = subprocess.Popen([self._binary, "-c", str(conf)],
+                                          stdout=subprocess.DEVNULL, stderr=log_file)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex((self.host, self.port)) == 0:
+                    return self
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"mosquitto did not start on {self.host}:{self.port}; "
+                                   f"see {self._workdir / 'mosquitto.log'}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                self._proc.terminate()
+                try:
+                    self._proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
+            self._proc = None

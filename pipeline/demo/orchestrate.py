@@ -1,4 +1,10 @@
-"""Runs every FleetPulse part in one process for ``make demo`` and its test.
+"""Runs every FleetPulse part for ``make demo`` and its test.
+
+The live path is the streaming one: collectors forward to the central broker,
+``fleetpulse ingest`` (a subprocess: Beam on the FnApiRunner) lands, dedupes
+and archives the batches as they come, and a lander keeps the gateways'
+status messages. Then the batch job recomputes the signals over the same lake
+(the replayable path a data engineer uses with a new health model).
 
 After the Beam job, the sample playbooks (deploy/playbooks/lifecycle.yaml) run
 over the signals with every channel captured to a file channel
@@ -12,7 +18,9 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,7 +52,7 @@ from fleetpulse.pipeline.report.text import render_portfolio
 from fleetpulse.pipeline.sinks.influx import InfluxConfig
 from fleetpulse.schemas.accounts import load_accounts
 
-from .broker import InProcessBroker
+from .broker import InProcessBroker, MosquittoBroker, mosquitto_binary
 from .progress import Progress
 
 
@@ -57,6 +65,11 @@ class DemoConfig:
     malformed_per_day: int = 2
     progress: bool = True
     landing_timeout_s: float = 120.0
+    #: the streaming ingest stops after this long without a message
+    ingest_idle_stop_ms: int = 5000
+    #: "auto": Debian's Mosquitto if installed (the streaming path), else amqtt
+    #: in process (the lander path); or force "mosquitto" / "amqtt"
+    broker: str = "auto"
     #: the sample playbooks in a clone; None skips the playbooks step
     playbooks: Path | None = Path(__file__).resolve().parents[2] / "deploy" / "playbooks" / "lifecycle.yaml"
 
@@ -78,6 +91,68 @@ class DemoResult:
 
 class DemoError(FleetPulseError):
     pass
+
+
+#: the streaming job's reader client id prefix (reader 0 connects as <prefix>-0)
+INGEST_CLIENT = "fleetpulse-demo-ingest"
+
+
+def prepare_ingest_session(host: str, port: int, client_id: str, protocol: str, timeout_s: float = 10.0) -> None:
+    """Create the streaming reader's persistent session before anything is published.
+
+    A broker keeps messages only for subscriptions that exist; the ingest job
+    takes seconds to start, so its session is made first (as a deployment does
+    once), and the job resumes it.
+    """
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from fleetpulse.pipeline.ingest.mqtt import MqttSourceConfig
+
+    subscribed = threading.Event()
+    if protocol == "3.1.1":
+        source = MqttSourceConfig(protocol="3.1.1", share_group=None)
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv311, clean_session=False)
+        client.on_subscribe = lambda *args: subscribed.set()
+        client.connect(host, port)
+    else:
+        source = MqttSourceConfig()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        client.on_subscribe = lambda *args: subscribed.set()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = source.session_expiry_s
+        client.connect(host, port, clean_start=False, properties=props)
+    client.loop_start()
+    try:
+        client.subscribe(source.subscription, qos=1)
+        if not subscribed.wait(timeout_s):
+            raise DemoError(f"the central broker {host}:{port} did not confirm the ingest subscription")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def start_ingest(host: str, port: int, lake: Path, out: Path, log: Path, idle_stop_ms: int) -> subprocess.Popen[bytes]:
+    """``fleetpulse ingest`` against the demo's central broker, stopping after ``idle_stop_ms`` of quiet."""
+    with open(log, "ab") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fleetpulse", "ingest", "--broker", f"{host}:{port}",
+             "--client-id-prefix", INGEST_CLIENT,
+             "--lake", str(lake), "--out", str(out), "--idle-stop-ms", str(idle_stop_ms)],
+            stdout=subprocess.DEVNULL, stderr=err,
+        )
+
+
+def landed_messages(lake: Path) -> int:
+    """Messages in the lake's landing zone (committed files only)."""
+    import pyarrow.parquet as pq
+
+    from fleetpulse.pipeline.lake.landing import landing_dir
+
+    return sum(pq.ParquetFile(f).metadata.num_rows
+               for f in landing_dir(lake).rglob("*.parquet") if not f.name.startswith("."))
 
 
 @contextmanager
@@ -174,27 +249,56 @@ def run_demo(config: DemoConfig) -> DemoResult:
         malformed_per_day=config.malformed_per_day,
     )
 
-    progress.step("in-process MQTT brokers")
+    progress.step("MQTT brokers")
     # Two brokers, as in the field: the gateways' local one (devices publish
-    # there) and the central one (gateways forward batches, the lander reads).
-    broker = InProcessBroker().start()
-    central = InProcessBroker().start()
-    progress.done(f"amqtt: gateway-local on :{broker.port}, central on :{central.port}")
+    # there) and the central one (gateways forward batches, the ingest reads).
+    binary = mosquitto_binary() if config.broker in ("auto", "mosquitto") else None
+    if config.broker == "mosquitto" and binary is None:
+        raise DemoError("--broker mosquitto: mosquitto is not installed (apt-get install mosquitto)")
+    brokers: list[Any] = []
+    if binary is not None:
+        brokers = [MosquittoBroker(binary, out / "brokers" / name) for name in ("local", "central")]
+    else:
+        brokers = [InProcessBroker(), InProcessBroker()]
+    for b in brokers:
+        b.start()
+    broker, central = brokers
+    streaming = binary is not None
+    progress.done(f"{'mosquitto' if streaming else 'amqtt'}: gateway-local on :{broker.port}, "
+                  f"central on :{central.port}")
     collectors: list[Collector] = []
     lander: Lander | None = None
+    ingest: subprocess.Popen[bytes] | None = None
+    stream_dir = out / "stream"
+    shutil.rmtree(stream_dir, ignore_errors=True)
+    ingest_log = out / "ingest.log"
+    ingest_log.unlink(missing_ok=True)
     try:
-        progress.step("gateway collectors and central lander")
         fleet = sim.build_fleet()
-        # amqtt speaks MQTT 3.1.1 only; real gateways use v5 flow control.
-        paths = write_outputs(fleet, sim_dir, BrokerSettings(broker.host, broker.port, protocol="3.1.1"))
-        lander = Lander(LanderConfig(lake=lake, host=central.host, port=central.port, client_id="fleetpulse-demo-lander"))
+        paths = write_outputs(fleet, sim_dir, BrokerSettings(broker.host, broker.port, protocol=broker.protocol))
+        if streaming:
+            progress.step("gateway collectors, streaming ingest, status lander")
+            prepare_ingest_session(central.host, central.port, f"{INGEST_CLIENT}-0", central.protocol)
+            ingest = start_ingest(central.host, central.port, lake, stream_dir, ingest_log,
+                                  config.ingest_idle_stop_ms)
+            topics: tuple[str, ...] = ("gateway_status",)
+        else:
+            # amqtt drops a QoS 1 message whose PUBACK takes over 5 s, which the
+            # streaming reader (it acknowledges after its bundle commits) can
+            # exceed: without Mosquitto the lander lands the batches.
+            progress.step("gateway collectors and central lander (install mosquitto for the streaming path)")
+            topics = ("gateway_batches", "gateway_status")
+        lander = Lander(LanderConfig(lake=lake, host=central.host, port=central.port,
+                                     client_id="fleetpulse-demo-lander", topics=topics))
         lander.start()
-        upstream = {"FLEETPULSE_GATEWAY__UPSTREAM__PORT": str(central.port)}
+        upstream = {"FLEETPULSE_GATEWAY__UPSTREAM__PORT": str(central.port),
+                    "FLEETPULSE_GATEWAY__UPSTREAM__PROTOCOL": central.protocol}
         for config_path in paths.gateway_configs:
             collector = Collector(load_config(config_path, environ=upstream))
             collector.start()
             collectors.append(collector)
-        progress.done(f"{len(collectors)} collectors, lander → {lake}")
+        progress.done(f"{len(collectors)} collectors → "
+                      + (f"fleetpulse ingest → {lake} (log {ingest_log})" if streaming else f"lander → {lake}"))
 
         progress.step(f"simulating {config.customers} customers × {config.days} days")
         summary = simulate(
@@ -206,7 +310,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
             f"({summary.malformed_messages} malformed on purpose)"
         )
 
-        progress.step("forwarding and landing")
+        progress.step("forwarding" + (" and streaming ingest" if streaming else " and landing"))
 
         def forwarded() -> int:
             return sum(c.counters["sent_records"] for c in collectors)
@@ -217,21 +321,54 @@ def run_demo(config: DemoConfig) -> DemoResult:
         for collector in collectors:
             collector.stop(timeout_s=30)
         batches = sum(c.counters["sent_batches"] for c in collectors)
-        _wait(lambda: lander.snapshot()["committed_messages"] >= batches, config.landing_timeout_s,
-              "the lander to commit every batch")
+        runs = 0
+        if streaming:
+            # The ingest stops once the broker has been quiet for a while. If it
+            # stopped before the last batch (a long stall), it runs again: the
+            # restart resumes the session; nothing is lost or counted twice.
+            runs = 1
+            while True:
+                running = ingest
+                assert running is not None
+                # The streaming job works through the whole fleet history here
+                # (~2,000 records/s while everything shares two cores).
+                _wait(lambda p=running: p.poll() is not None,
+                      max(config.landing_timeout_s, summary.records_sent / 500),
+                      "the streaming ingest to finish")
+                if running.returncode != 0:
+                    raise DemoError(f"fleetpulse ingest exited with {running.returncode}; see {ingest_log}")
+                if landed_messages(lake) >= batches or runs >= 3:
+                    break
+                runs += 1
+                ingest = start_ingest(central.host, central.port, lake, stream_dir, ingest_log,
+                                      config.ingest_idle_stop_ms)
+            ingest = None
+            if landed_messages(lake) < batches:
+                raise DemoError(f"the ingest landed {landed_messages(lake)} of {batches} batches; "
+                                f"see {ingest_log}")
+            _wait(lambda: lander.snapshot()["committed_messages"] >= len(collectors),
+                  config.landing_timeout_s, "the lander to keep the gateways' status")
+        else:
+            _wait(lambda: lander.snapshot()["committed_messages"] >= batches, config.landing_timeout_s,
+                  "the lander to commit every batch")
         lander.stop()
         lander = None
         dead = sum(c.counters["dead_letters"] for c in collectors)
-        progress.done(f"{forwarded():,} records in {batches:,} batches landed; {dead} dead letters at gateways")
+        how = (f"streamed into the lake ({runs} ingest run{'s' if runs > 1 else ''})" if streaming
+               else "landed")
+        progress.done(f"{forwarded():,} records in {batches:,} batches {how}; {dead} dead letters at gateways")
     finally:
         for collector in collectors:
             collector.stop(timeout_s=5)
+        if ingest is not None and ingest.poll() is None:
+            ingest.terminate()
+            ingest.wait(timeout=30)
         if lander is not None:
             lander.stop()
-        central.stop()
-        broker.stop()
+        for b in brokers:
+            b.stop()
 
-    progress.step("Beam batch job (DirectRunner)")
+    progress.step("Beam batch job over the lake (recompute the signals)")
     influx = InfluxConfig.from_env(os.environ)
     job = JobConfig(
         lake=str(lake), out=str(signals_dir),
@@ -262,7 +399,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         render_portfolio(latest, alerts),
         "",
         f"Signals: {signals_dir}/signals/*.parquet   Alerts: {signals_dir}/alerts.jsonl   "
-        f"Beam log: {out}/beam.log",
+        f"Beam log: {out}/beam.log   Streaming ingest log: {out}/ingest.log",
         f"Dead letters: gateways {sim_dir}/gateways/dead-letters/, pipeline {signals_dir}/dead_letters.jsonl",
         f"Explain one account: fleetpulse health --out {signals_dir} --customer {worst}",
         f"Portfolio report (open in a browser): {report_path}",

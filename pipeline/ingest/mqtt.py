@@ -44,7 +44,9 @@ Counters (namespace :data:`METRICS_NAMESPACE`): ``received`` messages taken
 from the broker, ``sent`` elements emitted, ``acked``, ``errors``
 (connection failures), ``reconnects``, ``dropped`` (received but not emitted
 because the connection changed or the reader stopped; the broker redelivers
-them, so nothing is lost).
+them, so nothing is lost). A message whose topic does not match the
+subscription (a broker bug: amqtt delivers retained messages of other topics)
+is acknowledged, not emitted, and counted in the reader's ``unmatched``.
 """
 
 from __future__ import annotations
@@ -225,7 +227,7 @@ class ReaderSession:
         # Last time the broker had a reason to send: a message arrived or we acknowledged.
         self.last_activity_monotonic = time.monotonic()
         self.counters: dict[str, int] = dict.fromkeys(
-            ("received", "sent", "acked", "dropped", "errors", "reconnects"), 0
+            ("received", "sent", "acked", "dropped", "errors", "reconnects", "unmatched"), 0
         )
         if config.protocol == "3.1.1":
             self._client = client_factory(
@@ -321,6 +323,17 @@ class ReaderSession:
         log.warning("%s lost the broker (%s); paho reconnects", self.client_id, reason)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        if not mqtt.topic_matches_sub(self.config.topic, message.topic):
+            # Outside the subscription: some brokers (amqtt) deliver retained
+            # messages of other topics on subscribe. Not ours to land: counted,
+            # logged and acknowledged so the broker does not send it again.
+            with self._lock:
+                self.counters["unmatched"] += 1
+            log.warning("%s: broker delivered %s outside the subscription %s; ignored",
+                        self.client_id, message.topic, self.config.topic)
+            if message.qos:
+                client.ack(message.mid, message.qos)
+            return
         with self._arrived:
             self.counters["received"] += 1
             self._queue.append(

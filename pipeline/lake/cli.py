@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--username", help="MQTT username; password from FLEETPULSE_CENTRAL_PASSWORD")
     parser.add_argument("--commit-interval-ms", type=int, default=500)
     parser.add_argument("--commit-max-messages", type=int, default=100)
+    parser.add_argument("--status-only", action="store_true",
+                        help="land only the gateways' status messages (beside `fleetpulse ingest`, "
+                             "which lands the batches itself)")
 
 
 def build_config(args: argparse.Namespace):  # -> LanderConfig (import kept lazy)
@@ -57,6 +60,7 @@ def build_config(args: argparse.Namespace):  # -> LanderConfig (import kept lazy
         password=os.environ.get("FLEETPULSE_CENTRAL_PASSWORD"),
         commit_interval_ms=args.commit_interval_ms,
         commit_max_messages=args.commit_max_messages,
+        topics=("gateway_status",) if args.status_only else ("gateway_batches", "gateway_status"),
     )
 
 

@@ -48,6 +48,9 @@ class LanderConfig:
     commit_max_messages: int = 100
     commit_interval_ms: int = 500
     file_max_rows: int = 5000
+    #: contract topics to land; ("gateway_status",) beside ``fleetpulse ingest``,
+    #: which lands the batches itself
+    topics: tuple[str, ...] = ("gateway_batches", "gateway_status")
 
 
 class Lander:
@@ -134,7 +137,7 @@ class Lander:
             # batch job drops the duplicates.
             self.counters["reconnects"] += 1
             self.commit(ack=False)
-        for name in ("gateway_batches", "gateway_status"):
+        for name in self.config.topics:
             client.subscribe(self._contract.subscription(name), qos=1)
         log.info("lander connected to %s:%d as %s (session present: %s)",
                  self.config.host, self.config.port, self.config.client_id, flags.session_present)

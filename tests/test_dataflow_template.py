@@ -50,6 +50,7 @@ ACCOUNTS = HEADER + "c-0001,Acme,smb,digital,12000,2026-01-01,2027-01-01,5,,\n"
 BAD = {
     "job": "stream",
     "protocol": "4",
+    "score_every_s": "-1",
     "lake": "/data/lake",
     "out": "s3://bucket/out",
     "accounts": "accounts.csv",

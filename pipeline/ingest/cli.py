@@ -72,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-messages", type=int, help="each reader stops after this many messages")
     parser.add_argument("--idle-stop-ms", type=int, help="stop after this long without a message")
     parser.add_argument("--stop-file", help="stop reading when this file exists")
+    parser.add_argument("--score-every-s", type=int, default=0,
+                        help="with --accounts: also score every N seconds of processing time (a stream "
+                             "that never ends); 0 (default): once, when the input ends")
     parser.add_argument("--no-land", action="store_true",
                         help="do not write the raw messages to the landing zone before acking "
                              "(only safe on a runner that persists committed bundles)")
@@ -100,6 +103,9 @@ def resolve(args: argparse.Namespace) -> Any:  # -> IngestConfig
                           "leave it out to read until stopped")
     _positive(args.idle_stop_ms, "--idle-stop-ms", "leave it out to read until stopped")
     _positive(args.dedupe_ttl_s, "--dedupe-ttl-s", "give seconds, e.g. 86400")
+    if args.score_every_s < 0:
+        raise ConfigError(SOURCE, "--score-every-s", f"{args.score_every_s} is negative",
+                          "give 0 (score when the input ends) or seconds, e.g. 3600")
     if args.allowed_lateness_s < 0:
         raise ConfigError(SOURCE, "--allowed-lateness-s", f"{args.allowed_lateness_s} is negative",
                           "give 0 or more seconds")
@@ -138,6 +144,7 @@ def resolve(args: argparse.Namespace) -> Any:  # -> IngestConfig
         dedupe_ttl_s=args.dedupe_ttl_s,
         land=land,
         replay=replay,
+        score_every_s=args.score_every_s,
     )
 
 

@@ -26,7 +26,8 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.transforms.trigger import AfterCount, AfterWatermark
+from apache_beam.transforms.trigger import AfterCount, AfterProcessingTime, AfterWatermark
+from apache_beam.transforms.window import GlobalWindows
 
 from fleetpulse.pipeline.health.config import HealthModel
 from fleetpulse.pipeline.health.score import score_account
@@ -67,6 +68,9 @@ class IngestConfig:
     dedupe_max_pairs_per_device: int = 200_000
     land: bool = True
     replay: tuple[str, ...] = field(default=())
+    #: customer signals: 0 scores once, when the input ends (bounded runs);
+    #: n > 0 also every n seconds of processing time (a stream that never ends)
+    score_every_s: int = 0
 
     @property
     def writer(self) -> str:
@@ -143,9 +147,11 @@ def build_pipeline(
     point_sets = [processed["hours"] | "DevicePoints" >> beam.Map(device_hour_point)]
     if config.accounts is not None and config.model is not None:
         days = processed["days"]
-        fleet = days | "FleetContext" >> FleetContextFrom()
+        scoring = (AfterWatermark(early=AfterProcessingTime(config.score_every_s)) if config.score_every_s
+                   else AfterWatermark())
+        fleet = days | "FleetContext" >> FleetContextFrom(trigger=scoring)
         scored = days | "ScoreAccounts" >> ScoreAccounts(
-            config.accounts, config.model, score_account, fleet=fleet
+            config.accounts, config.model, score_account, fleet=fleet, trigger=scoring
         )
         point_sets.append(scored[SIGNALS] | "CustomerPoints" >> beam.Map(customer_day_point))
         _ = (
@@ -154,12 +160,15 @@ def build_pipeline(
             | "WriteAlerts" >> WriteJsonLinesParts(f"{out}/alerts", register=register)
         )
 
+    # Hour points sit in hourly windows, customer points in the global one: each
+    # set gets its own sink (a Flatten needs one window coder), and their dead
+    # letters are re-windowed before they are merged.
     dead: list[beam.PCollection] = [processed["dead_letters"]]
     if config.influx is not None:
-        points = tuple(point_sets) | "AllPoints" >> beam.Flatten()
-        dead.append(points | "WriteInflux" >> WriteToInflux(config.influx))
+        for n, points in enumerate(point_sets):
+            dead.append(points | f"WriteInflux{n}" >> WriteToInflux(config.influx))
     _ = (
-        tuple(dead)
+        tuple(d | f"DeadLettersWindow{n}" >> beam.WindowInto(GlobalWindows()) for n, d in enumerate(dead))
         | "AllDeadLetters" >> beam.Flatten()
         | "DeadLetterJson" >> beam.Map(outputs.dead_letter_json)
         | "WriteDeadLetters" >> WriteJsonLinesParts(f"{out}/dead_letters", register=register)

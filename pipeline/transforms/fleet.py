@@ -41,6 +41,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.transforms.trigger import AccumulationMode
 from apache_beam.transforms.window import GlobalWindows
 
 from fleetpulse.pipeline.model import CustomerDay
@@ -238,9 +239,11 @@ class FleetContextFrom(beam.PTransform):
         baseline_days: int = 14,
         baseline_floor: float = 0.05,
         make_context: Callable[..., Any] | None = None,
+        trigger: Any = None,
         label: str | None = None,
     ) -> None:
         super().__init__(label)
+        self._trigger = trigger  # streaming: see ScoreAccounts
         self._combine = FleetContextFn(
             spike_factor=spike_factor,
             min_customers=min_customers,
@@ -250,8 +253,15 @@ class FleetContextFrom(beam.PTransform):
         )
 
     def expand(self, days: beam.PCollection) -> beam.PCollection:
+        if self._trigger is None:
+            return (
+                days
+                | "AllHistory" >> beam.WindowInto(GlobalWindows())
+                | "Combine" >> beam.CombineGlobally(self._combine)
+            )
         return (
             days
-            | "AllHistory" >> beam.WindowInto(GlobalWindows())
-            | "Combine" >> beam.CombineGlobally(self._combine)
+            | "AllHistory" >> beam.WindowInto(GlobalWindows(), trigger=self._trigger,
+                                               accumulation_mode=AccumulationMode.ACCUMULATING)
+            | "Combine" >> beam.CombineGlobally(self._combine).without_defaults()
         )

@@ -29,6 +29,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.trigger import AccumulationMode
 from apache_beam.transforms.window import GlobalWindows
 
 from fleetpulse.pipeline.model import Alert, CustomerDay, DailySignal
@@ -94,6 +95,13 @@ class _ScoreFn(beam.DoFn):
             yield pvalue.TaggedOutput(ALERTS, alert)
 
 
+def all_history(trigger: Any = None) -> beam.WindowInto:
+    """Into the global window; with a trigger (streaming), accumulating panes."""
+    if trigger is None:
+        return beam.WindowInto(GlobalWindows())
+    return beam.WindowInto(GlobalWindows(), trigger=trigger, accumulation_mode=AccumulationMode.ACCUMULATING)
+
+
 class ScoreAccounts(beam.PTransform):
     """CustomerDay → tagged ``signals`` (DailySignal) and ``alerts`` (Alert).
 
@@ -109,6 +117,7 @@ class ScoreAccounts(beam.PTransform):
         score_fn: ScoreFn,
         *,
         fleet: beam.PCollection | None = None,
+        trigger: Any = None,
         label: str | None = None,
     ) -> None:
         super().__init__(label)
@@ -116,14 +125,24 @@ class ScoreAccounts(beam.PTransform):
         self._model = model
         self._score_fn = score_fn
         self._fleet = fleet
+        #: streaming: when to score the whole history (e.g. ``AfterWatermark()``:
+        #: at the end of a bounded run; with ``early=AfterProcessingTime(n)``
+        #: every n seconds too). Panes accumulate; ``one_per_day`` keeps the
+        #: latest version of each day. None (batch): once, at the end.
+        self._trigger = trigger
 
     def expand(self, days: beam.PCollection) -> pvalue.DoOutputsTuple:
-        fleet = self._fleet if self._fleet is not None else days | "Fleet" >> FleetContextFrom()
-        accounts = days.pipeline | "Registry" >> beam.Create(sorted(self._accounts.items()))
+        fleet = (self._fleet if self._fleet is not None
+                 else days | "Fleet" >> FleetContextFrom(trigger=self._trigger))
+        accounts = (
+            days.pipeline
+            | "Registry" >> beam.Create(sorted(self._accounts.items()))
+            | "RegistryWindow" >> all_history(self._trigger)
+        )
         history = (
             days
             # A customer is judged on its whole history, not one window of it.
-            | "AllHistory" >> beam.WindowInto(GlobalWindows())
+            | "AllHistory" >> all_history(self._trigger)
             | "KeyByCustomer" >> beam.Map(lambda day: (day.customer_id, day))
         )
         return (

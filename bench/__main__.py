@@ -16,6 +16,9 @@ BENCHMARKS = {
     "line_protocol": "bench.bench_line_protocol",
     "rollups": "bench.bench_rollups",
     "influx_sink": "bench.bench_influx_sink",
+    "backfill_columnar": "bench.bench_backfill_columnar",
+    "gateway": "bench.bench_gateway",
+    "ingest": "bench.bench_ingest",
 }
 
 
@@ -23,14 +26,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
     parser.add_argument("--quick", action="store_true", help="small data, for a smoke run")
+    parser.add_argument("--records", type=int, help="input size, for the benchmarks that take one "
+                        "(backfill_columnar)")
     args = parser.parse_args(argv)
+    sized = {"backfill_columnar"}
     unknown = sorted(set(args.names) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmark {unknown[0]!r}; known: {', '.join(BENCHMARKS)}")
     print(f"# python {platform.python_version()} on {platform.machine()}, {platform.node()}")
     failed = False
-    for name in args.names or list(BENCHMARKS):
-        for comparison in importlib.import_module(BENCHMARKS[name]).run(quick=args.quick):
+    names = args.names or list(BENCHMARKS)
+    if args.records is not None:
+        if args.records < 1:
+            parser.error(f"--records must be at least 1, got {args.records}")
+        if not set(names) <= sized:
+            parser.error(f"--records applies only to {', '.join(sorted(sized))}; name it alone")
+    for name in names:
+        options = {"records": args.records} if name in sized else {}
+        for comparison in importlib.import_module(BENCHMARKS[name]).run(quick=args.quick, **options):
             print(comparison.line(), flush=True)
             failed |= not comparison.ok
     return 1 if failed else 0

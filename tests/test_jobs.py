@@ -128,3 +128,29 @@ def test_bad_accounts_and_bad_influx_env_name_the_key(tmp_path, capsys, monkeypa
     assert cli.main(argv) == 2
     line = one_error_line(capsys)
     assert "environment" in line and "INFLUX_API_VERSION" in line
+
+
+@pytest.mark.parametrize(
+    ("flags", "key"),
+    [
+        (["--from", "2026-13-01"], "--from"),
+        (["--to", "20260801"], "--to"),
+        (["--from", "2026-08-05", "--to", "2026-08-01"], "--to"),
+    ],
+)
+def test_bad_period_stops_with_one_line_naming_the_flag(tmp_path, capsys, flags, key):
+    code = cli.main(["backfill", "--lake", str(tmp_path), "--accounts", str(tmp_path / "a.csv"),
+                     "--out", str(tmp_path / "out"), *flags])
+    assert code == 2
+    line = one_error_line(capsys)
+    assert key in line and "fix:" in line
+    assert "YYYY-MM-DD" in line or "swap the dates" in line
+
+
+def test_period_days_are_inclusive_utc():
+    from fleetpulse.pipeline.jobs.backfill import period_ms
+    from fleetpulse.pipeline.jobs.cli import parse_day
+
+    low, high = period_ms(parse_day("--from", "2026-08-01"), parse_day("--to", "2026-08-31"))
+    assert (low, high) == (1_785_542_400_000, 1_788_220_800_000)  # 08-01T00:00Z, 09-01T00:00Z
+    assert period_ms(None, None) == (None, None)

@@ -3,14 +3,21 @@
 The plan, one named composite per step (batch and the later streaming job
 share every transform; only the source and the triggering differ)::
 
-    ReadLanding → DecodeBatches ─▶ dead letters
+    ReadLanding → DecodeBatches ─▶ dead letters                      (Arrow tables from here …
                 → KeepPeriod → DedupeRecords ─▶ WriteRawArchive (lake/records, by event hour)
-                → DeviceHourlyRollups ─▶ device_hourly parquet, InfluxDB fp_device_hourly
+                → DeviceHourlyRollups                                 … to here)
+                → DeviceHours ─▶ device_hourly parquet, InfluxDB fp_device_hourly
                 → CustomerDailyUsage → FleetContext ┐
                 → ScoreAccounts ◀─ accounts, model ─┘ ─▶ signals parquet, InfluxDB fp_customer_daily
                                                       └▶ alerts.jsonl
     ReadLanding(status) → DecodeGatewayStatus ─▶ InfluxDB fp_gateway_status (counters, drops, online)
                         └▶ MarkOfflineGateways (a gateway reporting offline → its day is low coverage)
+
+The record steps are the columnar ones (:mod:`fleetpulse.pipeline.transforms.columnar`):
+landing files are read as Arrow tables, decoded, deduplicated and rolled up
+with pyarrow, and Python objects appear only as DeviceHours. They give the
+same rows, dead letters, counters and numbers as the per-element transforms
+the streaming job uses (``tests/test_columnar_*.py``).
 
 ``build_pipeline`` returns the unrun pipeline (tests and a Flex Template call
 it too); ``run`` runs it and waits.
@@ -24,11 +31,19 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from fleetpulse.pipeline.health.config import HealthModel
 from fleetpulse.pipeline.health.score import score_account
-from fleetpulse.pipeline.lake.archive import ReadLanding, WriteRawArchive, has_files
+from fleetpulse.pipeline.lake.archive import (
+    ReadLanding,
+    ReadLandingTables,
+    WriteRawArchive,
+    WriteRawArchiveTables,
+    has_files,
+)
 from fleetpulse.pipeline.sinks.influx import InfluxConfig
 from fleetpulse.pipeline.transforms import (
     ALERTS,
@@ -41,6 +56,12 @@ from fleetpulse.pipeline.transforms import (
     FleetContextFrom,
     ScoreAccounts,
 )
+from fleetpulse.pipeline.transforms.columnar import (
+    DecodeBatchTables,
+    DedupeRecordTables,
+    DeviceHoursFromTables,
+    DeviceHourTables,
+)
 from fleetpulse.pipeline.transforms.status import DEAD_LETTERS as STATUS_DEAD_LETTERS
 from fleetpulse.pipeline.transforms.status import DecodeGatewayStatus, MarkOfflineGateways
 from fleetpulse.schemas.accounts import Account
@@ -50,6 +71,9 @@ from .points import customer_day_point, device_hour_point, gateway_status_point
 from .sinks import WriteJsonLines, WriteParquet, WriteToInflux
 
 log = logging.getLogger(__name__)
+
+
+ENGINES = ("columnar", "per_element")
 
 
 @dataclass(frozen=True)
@@ -63,19 +87,34 @@ class JobConfig:
     influx: InfluxConfig | None = None
     from_day: date | None = None
     to_day: date | None = None  # inclusive
+    #: how records are decoded, deduplicated and rolled up: "columnar" (Arrow
+    #: tables, the default) or "per_element" (one dict per record, the
+    #: streaming job's transforms); the outputs are the same
+    engine: str = "columnar"
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine {self.engine!r} is not one of {ENGINES}")
 
 
 def _ms(day: date) -> int:
     return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
 
 
+def period_ms(from_day: date | None, to_day: date | None) -> tuple[int | None, int | None]:
+    """[low, high) in epoch ms of the UTC days from_day..to_day, both inclusive (None: open)."""
+    return (
+        _ms(from_day) if from_day else None,
+        _ms(to_day + timedelta(days=1)) if to_day else None,
+    )
+
+
 class KeepPeriod(beam.PTransform):
-    """Keep records whose event time falls in [from_day, to_day] (both optional)."""
+    """Keep lake rows whose event time falls in [from_day, to_day] (both optional, UTC)."""
 
     def __init__(self, from_day: date | None, to_day: date | None) -> None:
         super().__init__()
-        self.low = _ms(from_day) if from_day else None
-        self.high = _ms(to_day + timedelta(days=1)) if to_day else None
+        self.low, self.high = period_ms(from_day, to_day)
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         low, high = self.low, self.high
@@ -86,22 +125,69 @@ class KeepPeriod(beam.PTransform):
         )
 
 
+def _in_period(table: pa.Table, low: int | None, high: int | None) -> pa.Table:
+    keep = None
+    if low is not None:
+        keep = pc.greater_equal(table["ts_ms"], low)
+    if high is not None:
+        below = pc.less(table["ts_ms"], high)
+        keep = below if keep is None else pc.and_(keep, below)
+    return table if keep is None else table.filter(keep)
+
+
+class KeepPeriodTables(beam.PTransform):
+    """:class:`KeepPeriod` for lake tables."""
+
+    def __init__(self, from_day: date | None, to_day: date | None) -> None:
+        super().__init__()
+        self.low, self.high = period_ms(from_day, to_day)
+
+    def expand(self, tables: beam.PCollection) -> beam.PCollection:
+        low, high = self.low, self.high
+        if low is None and high is None:
+            return tables
+        return (
+            tables
+            | "InPeriod" >> beam.Map(_in_period, low, high)
+            | "NotEmpty" >> beam.Filter(lambda t: t.num_rows > 0)
+        )
+
+
+def _device_hours(p: beam.Pipeline, config: JobConfig) -> tuple[Any, beam.PCollection]:
+    """Landing zone → (decoded, DeviceHours); writes the raw archive on the way."""
+    if config.engine == "columnar":
+        decoded = p | "ReadLanding" >> ReadLandingTables(config.lake) | "DecodeBatches" >> DecodeBatchTables()
+        records = (
+            decoded.main
+            | "KeepPeriod" >> KeepPeriodTables(config.from_day, config.to_day)
+            | "DedupeRecords" >> DedupeRecordTables()
+        )
+        _ = records | "WriteRawArchive" >> WriteRawArchiveTables(config.lake)
+        # Every device-hour is whole in its device shard: no windows, no combining.
+        hours = (
+            records
+            | "DeviceHourlyRollups" >> DeviceHourTables()
+            | "DeviceHours" >> DeviceHoursFromTables()
+        )
+        return decoded, hours
+    decoded = p | "ReadLanding" >> ReadLanding(config.lake) | "DecodeBatches" >> DecodeBatches()
+    rows = (
+        decoded.main
+        | "KeepPeriod" >> KeepPeriod(config.from_day, config.to_day)
+        | "DedupeRecords" >> DedupeRecords()
+    )
+    _ = rows | "WriteRawArchive" >> WriteRawArchive(config.lake)
+    # Batch: one pane per group, the window start carried in the key (the
+    # streaming job passes event-time windows and its trigger instead).
+    return decoded, rows | "DeviceHourlyRollups" >> DeviceHourlyRollups(window_mode="batch")
+
+
 def build_pipeline(options: PipelineOptions, config: JobConfig) -> beam.Pipeline:
     """The unrun pipeline for ``config`` (see the module docstring for the plan)."""
     p = beam.Pipeline(options=options)
     out = config.out.rstrip("/")
 
-    decoded = p | "ReadLanding" >> ReadLanding(config.lake) | "DecodeBatches" >> DecodeBatches()
-    records = (
-        decoded.main
-        | "KeepPeriod" >> KeepPeriod(config.from_day, config.to_day)
-        | "DedupeRecords" >> DedupeRecords()
-    )
-    _ = records | "WriteRawArchive" >> WriteRawArchive(config.lake)
-
-    # Batch: one pane per group, the window start carried in the key (the
-    # streaming job passes event-time windows and its trigger instead).
-    hours = records | "DeviceHourlyRollups" >> DeviceHourlyRollups(window_mode="batch")
+    decoded, hours = _device_hours(p, config)
     days = hours | "CustomerDailyUsage" >> CustomerDailyUsage(window_mode="batch")
     status = None
     if has_files(config.lake, "status"):

@@ -4,8 +4,16 @@
         [--health-model health.yaml] [--from 2026-08-01] [--to 2026-09-30] [-- --runner=DataflowRunner …]
 
 Configuration is resolved and validated before anything runs: the accounts
-registry, the health model, the InfluxDB environment, the lake. Arguments
-after ``--`` are passed to Beam unchanged.
+registry, the health model, the InfluxDB environment, the lake, the period.
+Arguments after ``--`` are passed to Beam unchanged.
+
+``--from`` / ``--to`` select records by *event* time (``ts_ms``), in whole UTC
+days, both inclusive: ``--from 2026-08-01 --to 2026-08-31`` is every record
+stamped from 2026-08-01T00:00:00Z up to, not including, 2026-09-01T00:00:00Z.
+Either may be left out (open on that side). Dedupe and the rollups see only
+the period's records; the edges being whole UTC days, every device-hour and
+customer day inside the period comes out as in a run over the whole lake
+(signals that look back, such as trends, see only the period's days).
 """
 
 from __future__ import annotations
@@ -22,11 +30,18 @@ from fleetpulse.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def _day(value: str) -> date:
+def parse_day(flag: str, value: str | None) -> date | None:
+    """A ``--from`` / ``--to`` value as a date (None when not given); ConfigError otherwise."""
+    if value is None:
+        return None
     try:
+        if len(value) != 10:  # fromisoformat also takes 20260801 and week dates
+            raise ValueError(value)
         return date.fromisoformat(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a date; write YYYY-MM-DD") from None
+        raise ConfigError(
+            "command line", flag, f"{value!r} is not a UTC date", "write it as YYYY-MM-DD, e.g. 2026-08-01"
+        ) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,8 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accounts", required=True, help="accounts registry CSV (CRM export)")
     parser.add_argument("--out", required=True, help="output folder for signals, alerts, dead letters")
     parser.add_argument("--health-model", help="health model YAML (default: the packaged model)")
-    parser.add_argument("--from", dest="from_day", type=_day, help="first event day to include (UTC)")
-    parser.add_argument("--to", dest="to_day", type=_day, help="last event day to include (UTC)")
+    parser.add_argument("--from", dest="from_day", metavar="YYYY-MM-DD",
+                        help="first event day to include (UTC, inclusive; default: the lake's first)")
+    parser.add_argument("--to", dest="to_day", metavar="YYYY-MM-DD",
+                        help="last event day to include (UTC, inclusive; default: the lake's last)")
     parser.add_argument("beam_args", nargs="*", help="Beam pipeline options, after --")
 
 
@@ -48,22 +65,23 @@ def resolve(args: argparse.Namespace):  # -> JobConfig
 
     from .backfill import JobConfig
 
+    from_day, to_day = parse_day("--from", args.from_day), parse_day("--to", args.to_day)
+    if from_day and to_day and to_day < from_day:
+        raise ConfigError("command line", "--to", f"{to_day} is before --from {from_day}",
+                          "swap the dates (both are inclusive)")
     if "://" not in args.lake and not landing_files(args.lake):
         raise ConfigError(
             "command line", "--lake", f"{args.lake} has no landing files (landing/dt=*/part-*.parquet)",
             "point --lake at the folder `fleetpulse land` writes to",
         )
-    if args.from_day and args.to_day and args.to_day < args.from_day:
-        raise ConfigError("command line", "--to", f"{args.to_day} is before --from {args.from_day}",
-                          "swap the dates")
     return JobConfig(
         lake=args.lake,
         out=args.out,
         accounts=load_accounts(args.accounts),
         model=load_health_model(args.health_model),
         influx=InfluxConfig.from_env(os.environ),
-        from_day=args.from_day,
-        to_day=args.to_day,
+        from_day=from_day,
+        to_day=to_day,
     )
 
 

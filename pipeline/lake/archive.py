@@ -4,6 +4,11 @@
     <lake>/records/dt=YYYY-MM-DD/hour=HH/part-00000.parquet
                                                  validated, deduplicated records by event hour
 
+Rows or Arrow tables: ``ReadLanding`` / ``WriteRawArchive`` move one dict per
+message or record (the streaming job), ``ReadLandingTables`` /
+``WriteRawArchiveTables`` move Arrow tables (the columnar batch job); both
+write the same files.
+
 The archive is what history is recomputed from. Each hour partition is written
 whole by one worker to a temporary name and renamed into place, so a reader
 never sees a partial file and a re-run replaces the partition instead of
@@ -21,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
@@ -58,6 +64,21 @@ class ReadLanding(beam.PTransform):
         )
 
 
+def write_partition(lake: str, partition: str, table: pa.Table) -> str:
+    """Write one event-hour partition whole (rows by device, boot, seq); returns the path."""
+    final = _join(lake, "records", partition, "part-00000.parquet")
+    tmp = _join(lake, "records", partition, f".part-00000.{uuid.uuid4().hex}.tmp")
+    parent = _join(lake, "records", partition)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    if "://" not in parent:  # object stores have no folders to create
+        os.makedirs(parent, exist_ok=True)
+    with FileSystems.create(tmp) as handle:
+        handle.write(buffer.getvalue())
+    FileSystems.rename([tmp], [final])
+    return final
+
+
 class _WritePartition(beam.DoFn):
     def __init__(self, lake: str) -> None:
         self.lake = lake
@@ -68,16 +89,7 @@ class _WritePartition(beam.DoFn):
         partition, rows = element
         ordered = sorted(rows, key=lambda r: (r["device_id"], r["boot"], r["seq"]))
         table = pa.Table.from_pylist(ordered, schema=lake_schema())
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer, compression="zstd")
-        final = _join(self.lake, "records", partition, "part-00000.parquet")
-        tmp = _join(self.lake, "records", partition, f".part-00000.{uuid.uuid4().hex}.tmp")
-        parent = _join(self.lake, "records", partition)
-        if "://" not in parent:  # object stores have no folders to create
-            os.makedirs(parent, exist_ok=True)
-        with FileSystems.create(tmp) as handle:
-            handle.write(buffer.getvalue())
-        FileSystems.rename([tmp], [final])
+        final = write_partition(self.lake, partition, table)
         self.files.inc()
         self.rows.inc(len(ordered))
         yield final
@@ -96,4 +108,63 @@ class WriteRawArchive(beam.PTransform):
             | "KeyByHour" >> beam.Map(lambda row: (partition_of(row["ts_ms"]), row))
             | "GroupByHour" >> beam.GroupByKey()
             | "WriteHour" >> beam.ParDo(_WritePartition(self.lake))
+        )
+
+
+class ReadLandingTables(beam.PTransform):
+    """Every committed landing file of ``zone`` → Arrow tables (topic, payload, received_ms)."""
+
+    def __init__(self, lake: str, zone: str = "landing") -> None:
+        super().__init__()
+        self.pattern = _join(lake, zone, "dt=*", "part-*.parquet")
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        return pbegin | "ReadParquetBatched" >> beam.io.ReadFromParquetBatched(
+            self.pattern, columns=LANDING_SCHEMA.names
+        )
+
+
+def _by_partition(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
+    ts = table["ts_ms"].to_numpy()
+    hours = ts - ts % 3_600_000
+    order = np.argsort(hours, kind="stable")
+    hours = hours[order]
+    starts = np.flatnonzero(np.concatenate(([True], hours[1:] != hours[:-1])))
+    ends = np.append(starts[1:], len(hours))
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        # A compact copy, not a slice: a pickled slice carries its parent's buffers.
+        yield partition_of(int(hours[start])), table.take(pa.array(order[start:end]))
+
+
+class _WritePartitionTables(beam.DoFn):
+    def __init__(self, lake: str) -> None:
+        self.lake = lake
+        self.files = Metrics.counter("lake", "archive_files")
+        self.rows = Metrics.counter("lake", "archive_rows")
+
+    def process(self, element: tuple[str, Iterable[pa.Table]]) -> Iterator[str]:
+        partition, parts = element
+        table = pa.concat_tables(list(parts)).sort_by(
+            [("device_id", "ascending"), ("boot", "ascending"), ("seq", "ascending")]
+        )
+        final = write_partition(self.lake, partition, table.replace_schema_metadata(lake_schema().metadata))
+        self.files.inc()
+        self.rows.inc(table.num_rows)
+        yield final
+
+
+class WriteRawArchiveTables(beam.PTransform):
+    """Deduplicated lake tables → the same hour files as :class:`WriteRawArchive`; emits the paths."""
+
+    def __init__(self, lake: str) -> None:
+        super().__init__()
+        self.lake = lake
+
+    def expand(self, tables: beam.PCollection) -> beam.PCollection:
+        return (
+            tables
+            # Typed, so that the shuffle uses the Arrow coder of transforms.columnar (when loaded).
+            | "SplitByHour" >> beam.FlatMap(_by_partition).with_output_types(tuple[str, pa.Table])
+            | "GroupByHour" >> beam.GroupByKey()
+            | "WriteHour" >> beam.ParDo(_WritePartitionTables(self.lake))
         )

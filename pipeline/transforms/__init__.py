@@ -8,6 +8,13 @@
 
 The lake's columns are derived once, in :mod:`.rows` (``lake_fields`` /
 ``lake_columns``), from the telemetry contract.
+
+The batch job runs the columnar twins of the first three steps, on Arrow
+tables (:mod:`.columnar`: ``DecodeBatchTables`` → ``DedupeRecordTables`` →
+``DeviceHourTables`` → ``DeviceHoursFromTables``; the same rows, reasons,
+counters and DeviceHours). Import them from there: they are not re-exported
+here, because :mod:`fleetpulse.pipeline.lake.schema`, which they use, itself
+imports :mod:`.rows` from this package.
 """
 
 from .decode import DEAD_LETTERS, DecodeBatches

@@ -54,32 +54,28 @@ def topic_regex(contract: Contract, name: str = TOPIC) -> re.Pattern[str]:
     return re.compile(regex)
 
 
-class _DecodeBatchFn(beam.DoFn):
-    """Validates one landing row; yields lake rows and tagged dead letters. Never raises."""
+#: A dead letter before it becomes a row: (rejection, topic, at_ms, payload)
+Dead = tuple[Rejection, str | None, int, bytes | None]
 
-    def __init__(self, contract: Contract | None) -> None:
-        self._contract = contract
-        self._received = Metrics.counter(METRICS_NAMESPACE, "received")
-        self._sent = Metrics.counter(METRICS_NAMESPACE, "sent")
-        self._dropped = Metrics.counter(METRICS_NAMESPACE, "dropped")
 
-    def setup(self) -> None:
-        contract = self._contract or load_contract(1)
-        self._validator = Validator(contract)
-        self._columns = lake_columns(contract)
-        self._topic_re = topic_regex(contract)
-        self._stamp_fields: tuple[str, ...] = tuple(contract.lake["stamp_fields"])
+class LandingDecoder:
+    """Decodes one landing row at a time, exactly as the contract says; never raises on bad input.
 
-    def _dead(
-        self, rejection: Rejection, topic: str | None, at_ms: int, payload: bytes | None
-    ) -> pvalue.TaggedOutput:
-        self._dropped.inc()
-        Metrics.counter(METRICS_NAMESPACE, f"dropped_{rejection.reason}").inc()
-        row = dead_letter(rejection, source=SOURCE, topic=topic, at_ms=at_ms, payload=payload)
-        return pvalue.TaggedOutput(DEAD_LETTERS, row)
+    The per-element path (:class:`DecodeBatches`) and the columnar path
+    (:mod:`.arrow_decode`, for every message it cannot take the fast way)
+    both decide through this class, so the two give the same rows, reasons
+    and details.
+    """
 
-    def process(self, landing: Any) -> Iterator[Any]:
-        self._received.inc()
+    def __init__(self, contract: Contract | None = None) -> None:
+        self.contract = contract or load_contract(1)
+        self.validator = Validator(self.contract)
+        self.columns = lake_columns(self.contract)
+        self._topic_re = topic_regex(self.contract)
+        self._stamp_fields: tuple[str, ...] = tuple(self.contract.lake["stamp_fields"])
+
+    def decode(self, landing: Any) -> tuple[list[dict[str, Any]], list[Dead]]:
+        """Lake rows and dead letters of one landing row ``{topic, payload, received_ms}``."""
         topic = landing.get("topic") if isinstance(landing, dict) else None
         payload = landing.get("payload") if isinstance(landing, dict) else None
         received_ms = landing.get("received_ms") if isinstance(landing, dict) else None
@@ -99,29 +95,27 @@ class _DecodeBatchFn(beam.DoFn):
                 "landing row must be {topic: str, payload: bytes, received_ms: int}, got "
                 f"{type(topic).__name__}/{type(payload).__name__}/{type(received_ms).__name__}"
             )
-            yield self._dead(
-                Rejection("wrong_type", detail),
+            rejection = Rejection("wrong_type", detail)
+            return [], [(
+                rejection,
                 topic if isinstance(topic, str) else None,
                 at_ms,
                 payload if isinstance(payload, bytes) else None,
-            )
-            return
+            )]
 
-        header, records, rejections = self._validator.envelope(payload, now_ms=received_ms)
+        header, records, rejections = self.validator.envelope(payload, now_ms=received_ms)
         if header is not None:
-            mismatch = self._topic_mismatch(topic, header)
+            mismatch = self.topic_mismatch(topic, header)
             if mismatch is not None:
-                yield self._dead(mismatch, topic, received_ms, payload)
-                return
-        for rejection in rejections:
-            yield self._dead(rejection, topic, received_ms, payload)
+                return [], [(mismatch, topic, received_ms, payload)]
+        dead: list[Dead] = [(rejection, topic, received_ms, payload) for rejection in rejections]
         if header is None:
-            return
-        for record in records:
-            self._sent.inc()
-            yield lake_row(self._columns, header, record, received_ms)
+            return [], dead
+        rows = [lake_row(self.columns, header, record, received_ms) for record in records]
+        return rows, dead
 
-    def _topic_mismatch(self, topic: str, header: dict[str, Any]) -> Rejection | None:
+    def topic_mismatch(self, topic: str, header: dict[str, Any]) -> Rejection | None:
+        """Why ``topic`` may not carry a batch with this ``header`` (None when it may)."""
         match = self._topic_re.fullmatch(topic)
         if match is None:
             return Rejection("topic_mismatch", f"topic {topic!r} is not a gateway batch topic")
@@ -133,6 +127,36 @@ class _DecodeBatchFn(beam.DoFn):
                     f"topic says {name}={ids.get(name)!r}, envelope says {header[name]!r}",
                 )
         return None
+
+
+def dead_letter_row(dead: Dead) -> dict[str, Any]:
+    """The dead-letter row of one rejection (see :func:`fleetpulse.schemas.dead_letter`)."""
+    rejection, topic, at_ms, payload = dead
+    return dead_letter(rejection, source=SOURCE, topic=topic, at_ms=at_ms, payload=payload)
+
+
+class _DecodeBatchFn(beam.DoFn):
+    """Validates one landing row; yields lake rows and tagged dead letters. Never raises."""
+
+    def __init__(self, contract: Contract | None) -> None:
+        self._contract = contract
+        self._received = Metrics.counter(METRICS_NAMESPACE, "received")
+        self._sent = Metrics.counter(METRICS_NAMESPACE, "sent")
+        self._dropped = Metrics.counter(METRICS_NAMESPACE, "dropped")
+
+    def setup(self) -> None:
+        self._decoder = LandingDecoder(self._contract)
+
+    def process(self, landing: Any) -> Iterator[Any]:
+        self._received.inc()
+        rows, dead = self._decoder.decode(landing)
+        for one in dead:
+            self._dropped.inc()
+            Metrics.counter(METRICS_NAMESPACE, f"dropped_{one[0].reason}").inc()
+            yield pvalue.TaggedOutput(DEAD_LETTERS, dead_letter_row(one))
+        for row in rows:
+            self._sent.inc()
+            yield row
 
 
 class DecodeBatches(beam.PTransform):

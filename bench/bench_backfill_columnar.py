@@ -1,0 +1,295 @@
+"""Backfill rollups, columnar against per-element, and against a bare pyarrow group-by.
+
+The data: the simulator's fleet (seeded) as a lake landing zone, the way the
+lander writes it — gateway batch envelopes of up to 500 records, 200 messages
+per landing file — with 3% of the batches delivered a second time into a
+later file (gateway redelivery), so dedupe has copies across files to remove.
+``records`` counts every record in the landing zone, copies included.
+
+Three ways to the same device-hour rollups:
+
+(a) **per-element Beam**: ``ReadLanding → DecodeBatches → DedupeRecords →
+    DeviceHourlyRollups(window_mode="batch")`` (the backfill job before the
+    columnar path; the streaming job's transforms);
+(b) **columnar Beam**: ``ReadLandingTables → DecodeBatchTables →
+    DedupeRecordTables → DeviceHourTables`` (the backfill job now);
+(c) **bare pyarrow**: one ``Table.group_by`` over the records, already decoded
+    and in memory as one Arrow table (no JSON, no validation, no dedupe, no
+    Beam, no maps): count, heartbeats, usage records, feature uses, errors,
+    latest event time, lowest and highest seq per device-hour;
+(c') **bare pyarrow from the landing JSON**: the same group-by after
+    ``pyarrow.json`` parsed the landing payloads (in memory) — no validation,
+    no dedupe, no Beam.
+
+First (a) and (b) run once each on the backfill job's runner options
+(:func:`~fleetpulse.pipeline.jobs.cli.local_beam_args`) and write their
+device hours as Parquet; the rows must be identical or the run fails. The
+timed runs compute the same and only count the result (no sink in either).
+Ratios, in one run: b/a on the job's runner (target ≥ 10), b/c on the job's
+runner and on the in-process FnApiRunner, and b/c' in-process (target ≥ 0.10).
+
+    python -m bench backfill_columnar [--records N] [--quick]
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+import pyarrow.parquet as pq
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from fleetpulse.devices.simulator.generate import TelemetryGenerator
+from fleetpulse.devices.simulator.simulation import SimulationConfig
+from fleetpulse.pipeline.jobs.cli import local_beam_args
+from fleetpulse.pipeline.jobs.outputs import DEVICE_HOUR_SCHEMA, device_hour_row
+from fleetpulse.pipeline.lake.archive import ReadLanding, ReadLandingTables
+from fleetpulse.pipeline.lake.landing import LandingWriter, landing_files
+from fleetpulse.pipeline.transforms import DecodeBatches, DedupeRecords, DeviceHourlyRollups
+from fleetpulse.pipeline.transforms.arrow_decode import ArrowDecoder, _json_schema
+from fleetpulse.pipeline.transforms.columnar import (
+    DEVICE_HOUR_ARROW,
+    DecodeBatchTables,
+    DedupeRecordTables,
+    DeviceHourTables,
+    device_hours_from_table,
+)
+from fleetpulse.schemas import load_contract
+
+from .harness import Comparison, compare
+
+RECORDS = 1_000_000
+QUICK_RECORDS = 20_000
+SEED = 5
+BATCH_RECORDS = 500
+MESSAGES_PER_FILE = 200
+REDELIVERED_SHARE = 0.03
+HOUR_MS = 3_600_000
+
+
+def _batches(records: int) -> Iterator[tuple[str, bytes, int, int]]:
+    """(topic, payload, received_ms, records) of gateway batches until ``records`` are sent."""
+    fleet = SimulationConfig(seed=SEED, customers=48, days=3650).build_fleet()
+    gateways = {g.gateway_id: g for g in fleet.gateways}
+    contract = load_contract()
+    generator = TelemetryGenerator(fleet)
+    left, batch_seq = records, 0
+    for day in range(fleet.days):
+        pending: dict[str, list[dict[str, Any]]] = {}
+        for message in generator.day(day):
+            if message.withheld or message.malformed is not None:
+                continue
+            pending.setdefault(message.gateway_id, []).extend(json.loads(message.payload))
+        for gateway_id, day_records in pending.items():
+            gw = gateways[gateway_id]
+            ids = {"customer_id": gw.customer_id, "site_id": gw.site_id, "gateway_id": gw.gateway_id}
+            for start in range(0, len(day_records), BATCH_RECORDS):
+                chunk = day_records[start : start + BATCH_RECORDS][:left]
+                received_ms = max(r["ts_ms"] for r in chunk) + 60_000
+                batch_seq += 1
+                envelope = {"v": 1, **ids, "batch_seq": batch_seq, "sent_ms": received_ms, "records": chunk}
+                yield contract.topic("gateway_batches", **ids), json.dumps(envelope).encode(), received_ms, len(chunk)
+                left -= len(chunk)
+                if left <= 0:
+                    return
+
+
+def write_landing(lake: Path, records: int) -> int:
+    """A landing zone of ``records`` records (copies included); returns the number written."""
+    rng = random.Random(SEED)
+    writer = LandingWriter(lake, max_rows=MESSAGES_PER_FILE)
+    redeliver: list[tuple[str, bytes, int, int]] = []
+    written = 0
+    for topic, payload, received_ms, count in _batches(records):
+        if written + count > records:
+            break
+        if writer.add(topic, payload, received_ms):
+            writer.commit()
+        written += count
+        if rng.random() < REDELIVERED_SHARE:
+            redeliver.append((topic, payload, received_ms + 60_000, count))
+        # A resent batch lands a few files later, with its own received_ms.
+        while redeliver and (len(redeliver) > 20 or rng.random() < 0.05):
+            again = redeliver.pop(0)
+            if written + again[3] > records:
+                redeliver.clear()
+                break
+            if writer.add(*again[:3]):
+                writer.commit()
+            written += again[3]
+    writer.commit()
+    return written
+
+
+#: the in-process FnApiRunner (one process; no shipping of tables between workers)
+IN_PROCESS = ["--runner=FnApiRunner"]
+
+
+def per_element(lake: str, out: str | None, runner: list[str]) -> None:
+    """The per-element rollups; their rows are written to ``out``, or only counted (timed runs)."""
+    with beam.Pipeline(options=PipelineOptions(runner)) as p:
+        decoded = p | ReadLanding(lake) | DecodeBatches()
+        hours = decoded.main | DedupeRecords() | DeviceHourlyRollups(window_mode="batch")
+        if out is None:
+            _ = hours | beam.combiners.Count.Globally()
+        else:
+            _ = (
+                hours
+                | beam.Map(device_hour_row)
+                | beam.io.WriteToParquet(f"{out}/part", DEVICE_HOUR_SCHEMA, file_name_suffix=".parquet")
+            )
+
+
+def columnar(lake: str, out: str | None, runner: list[str]) -> None:
+    """The columnar rollups; their tables are written to ``out``, or only counted (timed runs)."""
+    with beam.Pipeline(options=PipelineOptions(runner)) as p:
+        tables = (
+            (p | ReadLandingTables(lake) | DecodeBatchTables()).main
+            | DedupeRecordTables()
+            | DeviceHourTables()
+        )
+        if out is None:
+            _ = tables | beam.Map(lambda t: t.num_rows) | beam.CombineGlobally(sum)
+        else:
+            _ = tables | beam.io.WriteToParquetBatched(
+                f"{out}/part", DEVICE_HOUR_ARROW, file_name_suffix=".parquet"
+            )
+
+
+def bare_group_by(records: pa.Table) -> pa.Table:
+    ts = records["ts_ms"]
+    kind = records["kind"]
+    table = pa.table(
+        {
+            "customer_id": records["customer_id"],
+            "site_id": records["site_id"],
+            "gateway_id": records["gateway_id"],
+            "device_id": records["device_id"],
+            "hour_ms": pc.multiply(pc.divide(ts, HOUR_MS), HOUR_MS),
+            "ts_ms": ts,
+            "seq": records["seq"],
+            "heartbeat": pc.cast(pc.equal(kind, "heartbeat"), pa.int64()),
+            "usage": pc.cast(pc.equal(kind, "usage"), pa.int64()),
+            "count": records["count"],
+            "error": pc.cast(pc.is_in(records["severity"], pa.array(["error", "critical"])), pa.int64()),
+        }
+    )
+    return table.group_by(["customer_id", "site_id", "gateway_id", "device_id", "hour_ms"]).aggregate(
+        [
+            ("ts_ms", "count"),
+            ("heartbeat", "sum"),
+            ("usage", "sum"),
+            ("count", "sum"),
+            ("error", "sum"),
+            ("ts_ms", "max"),
+            ("seq", "min"),
+            ("seq", "max"),
+        ]
+    )
+
+
+def bare_json_group_by(payloads: list[bytes]) -> pa.Table:
+    """Bare pyarrow from the landing JSON: parse (no validation, no dedupe), flatten, group_by."""
+    envelopes = pj.read_json(
+        io.BytesIO(b"\n".join(payloads)),
+        read_options=pj.ReadOptions(use_threads=True, block_size=1 << 22),
+        parse_options=pj.ParseOptions(explicit_schema=_json_schema(load_contract()),
+                                      unexpected_field_behavior="ignore"),
+    ).combine_chunks()
+    lists = envelopes["records"].combine_chunks()
+    records = pc.list_flatten(lists)
+    parent = pc.list_parent_indices(lists)
+    columns = {f.name: records.field(f.name) for f in records.type}
+    for name in ("customer_id", "site_id", "gateway_id"):
+        columns[name] = envelopes[name].take(parent)
+    return bare_group_by(pa.table(columns))
+
+
+def _read(folder: str) -> pa.Table:
+    table = pa.concat_tables(
+        pq.read_table(f, schema=DEVICE_HOUR_ARROW) for f in sorted(Path(folder).glob("part-*.parquet"))
+    )
+    keys = ["customer_id", "site_id", "gateway_id", "device_id", "hour_ms"]
+    return table.sort_by([(k, "ascending") for k in keys])
+
+
+def _decoded_records(lake: Path) -> pa.Table:
+    decoder = ArrowDecoder()
+    tables = []
+    for path in landing_files(lake):
+        landing = pq.read_table(path)
+        tables.append(
+            decoder.decode(
+                landing["topic"].to_pylist(), landing["payload"].to_pylist(), landing["received_ms"].to_pylist()
+            ).table
+        )
+    return pa.concat_tables(tables).combine_chunks()
+
+
+def run(quick: bool = False, records: int | None = None) -> list[Comparison]:
+    wanted = records or (QUICK_RECORDS if quick else RECORDS)
+    job_runner = local_beam_args()
+    with tempfile.TemporaryDirectory(prefix="bench-backfill-") as tmp:
+        root = Path(tmp)
+        lake = str(root / "lake")
+        n = write_landing(root / "lake", wanted)
+        # Same data, same runner: the two paths must write identical device-hour rows.
+        per_element(lake, str(root / "per_element"), job_runner)
+        columnar(lake, str(root / "columnar"), job_runner)
+        a, b = _read(str(root / "per_element")), _read(str(root / "columnar"))
+        if not a.equals(b):
+            raise AssertionError("columnar and per-element device hours differ")
+        if device_hours_from_table(a) != device_hours_from_table(b):
+            raise AssertionError("columnar and per-element DeviceHours differ")
+        decoded = _decoded_records(root / "lake")
+        payloads = [p for f in landing_files(root / "lake") for p in pq.read_table(f)["payload"].to_pylist()]
+        if bare_json_group_by(payloads).num_rows != bare_group_by(decoded).num_rows:
+            raise AssertionError("bare pyarrow from JSON and from records group differently")
+        if decoded.num_rows != n:
+            raise AssertionError(f"decoded {decoded.num_rows} of {n} records")
+        # Timed runs compute the same rollups and only count them (no sink in either path).
+        label = f"backfill rollups, {n:,} records ({a.num_rows:,} device-hours)"
+        mode = "job runner: FnApiRunner " + " ".join(job_runner[1:3])
+        return [
+            compare(
+                f"{label}, {mode}",
+                items=n,
+                baseline=("per-element Beam", lambda: per_element(lake, None, job_runner)),
+                candidate=("columnar Beam", lambda: columnar(lake, None, job_runner)),
+                repeats=2,
+                target_ratio=10.0,
+            ),
+            compare(
+                f"{label}, {mode}",
+                items=n,
+                baseline=("bare pyarrow group_by", lambda: bare_group_by(decoded)),
+                candidate=("columnar Beam", lambda: columnar(lake, None, job_runner)),
+                repeats=3,
+                target_ratio=0.10,
+            ),
+            compare(
+                f"{label}, in-process FnApiRunner",
+                items=n,
+                baseline=("bare pyarrow group_by", lambda: bare_group_by(decoded)),
+                candidate=("columnar Beam", lambda: columnar(lake, None, IN_PROCESS)),
+                repeats=3,
+                target_ratio=0.10,
+            ),
+            compare(
+                f"{label}, in-process FnApiRunner",
+                items=n,
+                baseline=("bare pyarrow read_json + group_by", lambda: bare_json_group_by(payloads)),
+                candidate=("columnar Beam", lambda: columnar(lake, None, IN_PROCESS)),
+                repeats=3,
+                target_ratio=0.10,
+            ),
+        ]

@@ -1,0 +1,510 @@
+"""The columnar batch path: landing tables → lake tables → deduplicated → device-hour tables.
+
+    landing tables ─DecodeBatchTables─▶ lake tables (+ dead_letters)       arrow_decode.ArrowDecoder
+                   ─DedupeRecordTables(shards)─▶ one table per device shard, one row per record
+                   ─DeviceHourTables─▶ device-hour tables (DEVICE_HOUR_ARROW)
+                   ─DeviceHoursFromTables─▶ DeviceHour                      (Python objects only here)
+
+The same numbers as the per-element transforms (:class:`~.decode.DecodeBatches`
+→ :class:`~.dedupe.DedupeRecords` → :class:`~.rollups.DeviceHourlyRollups` in
+``batch`` mode), which stay for the streaming job and as the benchmark's
+baseline; ``tests/test_columnar_*.py`` hold the two paths to that.
+
+**Why device shards.** Copies of a record share its ``device_id`` (they are
+the same record, redelivered), and a device-hour is one device's. So the
+decoded tables are split by a stable hash of ``device_id`` into ``shards``
+groups and each group — every record of its devices, from every landing file
+and bundle — is deduplicated and rolled up whole, with pyarrow and numpy.
+Nothing is combined across groups, so a duplicate or a device-hour spanning
+files is handled exactly like in the per-element path, without assuming
+anything about event time. ``shards`` bounds the parallelism of the step and
+the memory one group needs (about 1/shards of the period's records).
+
+Dedupe keeps, per (device_id, boot, seq), the copy the per-element
+:class:`~.dedupe.PickSurvivorFn` keeps: smallest ``received_ms``, then the
+smallest canonical JSON (computed only for copies landed in the same
+millisecond). Float sums use ``math.fsum`` exactly as the per-element
+combiner does (the sum of one value is the value plus 0.0, which is what
+``fsum`` gives); only groups of two or more values reach Python.
+
+Tables cross a shuffle as Arrow IPC streams, LZ4-compressed
+(:class:`ArrowTableCoder`, registered for ``pyarrow.Table``), not pickled, and
+every part that crosses one is a compact copy, never a slice (a
+pickled slice carries all of its parent's buffers).
+
+Counters keep the per-element paths' names: ``fleetpulse.pipeline.decode``
+(received / sent / dropped / dropped_<reason>) and
+``fleetpulse.pipeline.dedupe`` (received / sent / duplicates).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+
+from fleetpulse.pipeline.model import DeviceHour
+from fleetpulse.schemas import Contract
+
+from . import decode as decode_module
+from . import dedupe as dedupe_module
+from .arrow_decode import ArrowDecoder
+from .decode import DEAD_LETTERS, dead_letter_row
+from .dedupe import _canonical
+from .rollups import ERROR_SEVERITIES, HOUR_S
+
+HOUR_MS = HOUR_S * 1000
+#: Default device shards of the dedupe/rollup grouping (see the module docstring).
+DEFAULT_SHARDS = 16
+#: Landing messages decoded together (bounds the memory of one decode step).
+DEFAULT_CHUNK_MESSAGES = 1000
+
+SEQ_SPAN = pa.struct(
+    [("boot", pa.int64()), ("min_seq", pa.int64()), ("max_seq", pa.int64()), ("records", pa.int64())]
+)
+#: A DeviceHour as an Arrow row; the same columns as the job's device_hourly Parquet.
+DEVICE_HOUR_ARROW = pa.schema(
+    [
+        ("customer_id", pa.string()),
+        ("site_id", pa.string()),
+        ("gateway_id", pa.string()),
+        ("device_id", pa.string()),
+        ("hour_ms", pa.int64()),
+        ("records", pa.int64()),
+        ("heartbeats", pa.int64()),
+        ("expected_heartbeats", pa.float64()),
+        ("usage_records", pa.int64()),
+        ("feature_uses", pa.int64()),
+        ("errors", pa.int64()),
+        ("critical_errors", pa.int64()),
+        ("usage", pa.map_(pa.string(), pa.float64())),
+        ("features", pa.map_(pa.string(), pa.int64())),
+        ("error_fw", pa.map_(pa.string(), pa.int64())),
+        ("fw", pa.string()),
+        ("last_ts_ms", pa.int64()),
+        ("seq_spans", pa.list_(SEQ_SPAN)),
+    ]
+)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _numpy(column: pa.ChunkedArray | pa.Array, fill: Any = None) -> np.ndarray:
+    if fill is not None:
+        column = pc.fill_null(column, fill)
+    return column.to_numpy() if isinstance(column, pa.ChunkedArray) else column.to_numpy(zero_copy_only=False)
+
+
+def _codes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Dense integer codes of a string column (equal strings, equal codes; order arbitrary)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return np.asarray(pc.dictionary_encode(array).indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _runs(*keys: np.ndarray) -> np.ndarray:
+    """Where a new run of equal keys starts, over arrays already sorted by those keys."""
+    n = len(keys[0])
+    start = np.ones(n, dtype=bool)
+    if n > 1:
+        same = np.ones(n - 1, dtype=bool)
+        for key in keys:
+            same &= key[1:] == key[:-1]
+        start[1:] = ~same
+    return start
+
+
+def shard_of(device_ids: pa.ChunkedArray | pa.Array, shards: int) -> np.ndarray:
+    """A stable shard per row, the same in every process (CRC-32 of the device id)."""
+    array = device_ids.combine_chunks() if isinstance(device_ids, pa.ChunkedArray) else device_ids
+    encoded = pc.dictionary_encode(array)
+    per_device = np.fromiter(
+        (zlib.crc32(d.encode("utf-8")) % shards for d in encoded.dictionary.to_pylist()),
+        dtype=np.int64,
+        count=len(encoded.dictionary),
+    )
+    return per_device[np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)]
+
+
+def split_table(table: pa.Table, keys: np.ndarray) -> Iterator[tuple[int, pa.Table]]:
+    """``(key, rows with that key)`` for every distinct integer key.
+
+    Each part is a compact copy (``take``), not a slice: a pickled slice
+    carries its whole parent's buffers, and these parts cross a shuffle.
+    """
+    if table.num_rows == 0:
+        return
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(_runs(sorted_keys))
+    ends = np.append(starts[1:], len(order))
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        yield int(sorted_keys[start]), table.take(pa.array(order[start:end]))
+
+
+# -------------------------------------------------------------------- dedupe
+
+
+def dedupe_table(table: pa.Table) -> tuple[pa.Table, int]:
+    """One row per (device_id, boot, seq), the survivor the per-element dedupe picks; and copies removed.
+
+    ``table`` must hold every copy of each record it holds (see the module docstring).
+    """
+    n = table.num_rows
+    if n == 0:
+        return table, 0
+    device = _codes(table["device_id"])
+    boot, seq, received = (_numpy(table[name]) for name in ("boot", "seq", "received_ms"))
+    order = np.lexsort((received, seq, boot, device))  # the last key sorts first
+    d, b, s, r = device[order], boot[order], seq[order], received[order]
+    first = _runs(d, b, s)
+    survivors = order[first]
+    # Copies landed in the same millisecond as the earliest one: the canonical JSON decides.
+    tied = np.zeros(n, dtype=bool)
+    tied[1:] = ~first[1:] & (r[1:] == r[:-1])
+    if tied.any():
+        group = np.cumsum(first) - 1
+        # Every copy in the same millisecond as its record's earliest copy, read back at once.
+        earliest = r[first][group]
+        contender = (r == earliest) & np.isin(group, group[tied])
+        at = np.flatnonzero(contender)
+        rows = table.take(pa.array(order[at])).to_pylist()
+        best: dict[int, tuple[str, int]] = {}
+        for position, row in zip(at.tolist(), rows, strict=True):
+            g, text = int(group[position]), _canonical(row)
+            if g not in best or text < best[g][0]:
+                best[g] = (text, position)
+        for g, (_, position) in best.items():
+            survivors[g] = order[position]
+    return table.take(pa.array(survivors)), n - len(survivors)
+
+
+# ------------------------------------------------------------------- rollups
+
+
+def _keyed_map(
+    segment: np.ndarray, keys: pa.Array, values: pa.Array, segments: int, how: str
+) -> pa.Array:
+    """A map<string, value> per segment: ``how`` ("sum" or "count") of ``values`` by (segment, key)."""
+    grouped = (
+        pa.table({"segment": segment, "key": keys, "value": values})
+        .group_by(["segment", "key"], use_threads=False)
+        .aggregate([("value", how)])
+        .sort_by([("segment", "ascending"), ("key", "ascending")])
+    )
+    offsets = np.zeros(segments + 1, dtype=np.int32)
+    np.cumsum(np.bincount(_numpy(grouped["segment"]), minlength=segments), out=offsets[1:])
+    items = grouped[f"value_{how}"].combine_chunks()
+    item_type = pa.float64() if pa.types.is_floating(items.type) else pa.int64()
+    return pa.MapArray.from_arrays(
+        pa.array(offsets), grouped["key"].combine_chunks(), items.cast(item_type),
+        type=pa.map_(pa.string(), item_type),
+    )
+
+
+def _usage_map(table: pa.Table, segment: np.ndarray, usage_rows: np.ndarray, segments: int) -> pa.Array:
+    """Per segment, quantity_key → math.fsum of the values (see the module docstring)."""
+    quantities = table["quantities"].take(pa.array(usage_rows)).combine_chunks()
+    flat = pc.list_flatten(quantities)
+    parent = np.asarray(pc.list_parent_indices(quantities).to_numpy(zero_copy_only=False), dtype=np.int64)
+    keys = pc.binary_join_element_wise(flat.field("name"), flat.field("unit"), "_")
+    parts = pa.table(
+        {"segment": segment[usage_rows][parent], "key": keys, "value": flat.field("value")}
+    ).sort_by([("segment", "ascending"), ("key", "ascending")])
+    seg = _numpy(parts["segment"])
+    starts = np.flatnonzero(_runs(seg, _codes(parts["key"])))
+    sizes = np.diff(np.append(starts, parts.num_rows))
+    values = _numpy(parts["value"])
+    sums = values[starts] + 0.0  # fsum of one value: the value, with -0.0 made 0.0
+    several = np.flatnonzero(sizes > 1)
+    if len(several):
+        as_list = values.tolist()
+        for g, start, size in zip(several.tolist(), starts[several].tolist(), sizes[several].tolist(), strict=True):
+            sums[g] = math.fsum(as_list[start : start + size])
+    offsets = np.zeros(segments + 1, dtype=np.int32)
+    np.cumsum(np.bincount(seg[starts], minlength=segments), out=offsets[1:])
+    return pa.MapArray.from_arrays(
+        pa.array(offsets), parts["key"].combine_chunks().take(pa.array(starts)), pa.array(sums),
+        type=pa.map_(pa.string(), pa.float64()),
+    )
+
+
+def _seq_spans(segment: np.ndarray, boot: np.ndarray, seq: np.ndarray, segments: int) -> pa.Array:
+    grouped = (
+        pa.table({"segment": segment, "boot": boot, "seq": seq})
+        .group_by(["segment", "boot"], use_threads=False)
+        .aggregate([("seq", "min"), ("seq", "max"), ("seq", "count")])
+        .sort_by([("segment", "ascending"), ("boot", "ascending")])
+    )
+    offsets = np.zeros(segments + 1, dtype=np.int32)
+    np.cumsum(np.bincount(_numpy(grouped["segment"]), minlength=segments), out=offsets[1:])
+    spans = pa.StructArray.from_arrays(
+        [grouped[name].combine_chunks().cast(pa.int64()) for name in ("boot", "seq_min", "seq_max", "seq_count")],
+        fields=list(SEQ_SPAN),
+    )
+    return pa.ListArray.from_arrays(pa.array(offsets), spans, type=pa.list_(SEQ_SPAN))
+
+
+def device_hour_table(table: pa.Table) -> pa.Table:
+    """Deduplicated lake rows → one DEVICE_HOUR_ARROW row per (customer, site, gateway, device, hour).
+
+    ``table`` must hold every record of each of its devices (a shard from
+    :func:`dedupe_table`); the numbers equal :class:`~.rollups.DeviceHourFn`'s.
+    """
+    n = table.num_rows
+    if n == 0:
+        return DEVICE_HOUR_ARROW.empty_table()
+    ts = _numpy(table["ts_ms"])
+    hour = ts - ts % HOUR_MS
+    who = _codes(
+        pc.binary_join_element_wise(
+            *(table[name] for name in ("customer_id", "site_id", "gateway_id", "device_id")), "\x1f"
+        )
+    )
+    boot, seq = _numpy(table["boot"]), _numpy(table["seq"])
+    # Within a device-hour, rows by (ts_ms, boot, seq): the last one is the latest record.
+    order = np.lexsort((seq, boot, ts, hour, who))
+    start = _runs(who[order], hour[order])
+    starts = np.flatnonzero(start)
+    segments = len(starts)
+    segment = np.empty(n, dtype=np.int64)
+    segment[order] = np.cumsum(start) - 1  # per original row
+    last = order[np.append(starts[1:], n) - 1]
+    first = order[starts]
+
+    kind = table["kind"]
+    is_heartbeat = _numpy(pc.equal(kind, "heartbeat"))
+    is_usage = _numpy(pc.equal(kind, "usage"))
+    is_feature = _numpy(pc.equal(kind, "feature"))
+    is_error = _numpy(pc.equal(kind, "error")) & _numpy(
+        pc.is_in(table["severity"], value_set=pa.array(sorted(ERROR_SEVERITIES))), fill=False
+    )
+    is_critical = is_error & _numpy(pc.equal(table["severity"], "critical"), fill=False)
+
+    def per_segment(values: np.ndarray) -> np.ndarray:
+        # Integer sums over the sorted rows: exact, unlike bincount's float weights.
+        return np.add.reduceat(values[order].astype(np.int64), starts)
+
+    # The latest heartbeat's interval: the heartbeat row that sorts last in its segment.
+    position = np.empty(n, dtype=np.int64)
+    position[order] = np.arange(n)
+    heartbeat_at = np.full(segments, -1, dtype=np.int64)
+    np.maximum.at(heartbeat_at, segment[is_heartbeat], position[is_heartbeat])
+    interval = np.where(heartbeat_at >= 0, _numpy(table["interval_s"], fill=0)[order[heartbeat_at]], 0)
+    expected = np.divide(HOUR_S, interval, out=np.zeros(segments, dtype=np.float64), where=interval > 0)
+
+    count = _numpy(table["count"], fill=0)
+    feature_rows, error_rows = np.flatnonzero(is_feature), np.flatnonzero(is_error)
+    take = pa.array
+    columns = {
+        "customer_id": table["customer_id"].take(take(first)),
+        "site_id": table["site_id"].take(take(first)),
+        "gateway_id": table["gateway_id"].take(take(first)),
+        "device_id": table["device_id"].take(take(first)),
+        "hour_ms": take(hour[first]),
+        "records": take(np.diff(np.append(starts, n))),
+        "heartbeats": take(per_segment(is_heartbeat)),
+        "expected_heartbeats": take(expected),
+        "usage_records": take(per_segment(is_usage)),
+        "feature_uses": take(per_segment(np.where(is_feature, count, 0))),
+        "errors": take(per_segment(is_error)),
+        "critical_errors": take(per_segment(is_critical)),
+        "usage": _usage_map(table, segment, np.flatnonzero(is_usage), segments),
+        "features": _keyed_map(
+            segment[feature_rows], table["feature"].take(take(feature_rows)),
+            take(count[feature_rows]), segments, "sum",
+        ),
+        "error_fw": _keyed_map(
+            segment[error_rows], table["fw"].take(take(error_rows)),
+            take(np.ones(len(error_rows), dtype=np.int64)), segments, "sum",
+        ),
+        "fw": table["fw"].take(take(last)),
+        "last_ts_ms": take(ts[last]),
+        "seq_spans": _seq_spans(segment, boot, seq, segments),
+    }
+    return pa.Table.from_arrays(
+        [columns[f.name] for f in DEVICE_HOUR_ARROW], schema=DEVICE_HOUR_ARROW
+    )
+
+
+def device_hours_from_table(table: pa.Table) -> list[DeviceHour]:
+    """DEVICE_HOUR_ARROW rows → DeviceHour objects (maps in key order, spans by boot)."""
+    columns = [table[name].to_pylist() for name in DEVICE_HOUR_ARROW.names]
+    hours = []
+    for (*head, usage, features, error_fw, fw, last_ts_ms, spans) in zip(*columns, strict=True):
+        hours.append(
+            DeviceHour(
+                *head,
+                usage=dict(usage),
+                features=dict(features),
+                error_fw=dict(error_fw),
+                fw=fw,
+                last_ts_ms=last_ts_ms,
+                seq_spans={s["boot"]: (s["min_seq"], s["max_seq"], s["records"]) for s in spans},
+            )
+        )
+    return hours
+
+
+# The positional fields above follow the dataclass; a new DeviceHour field must be added to both.
+assert DEVICE_HOUR_ARROW.names == [f.name for f in dataclasses.fields(DeviceHour)]
+
+
+# ---------------------------------------------------------------- composites
+
+
+class ArrowTableCoder(beam.coders.Coder):
+    """Arrow tables between Beam stages as an Arrow IPC stream, LZ4-compressed.
+
+    Beam would otherwise pickle them: about 3x the bytes and slower both ways
+    for lake rows. Registered for ``pyarrow.Table``; the composites below
+    declare the table-typed outputs that cross a shuffle.
+    """
+
+    def encode(self, value: pa.Table) -> bytes:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, value.schema, options=_IPC_OPTIONS) as writer:
+            writer.write_table(value)
+        return sink.getvalue().to_pybytes()
+
+    def decode(self, encoded: bytes) -> pa.Table:
+        return pa.ipc.open_stream(encoded).read_all()
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def to_type_hint(self) -> type:
+        return pa.Table
+
+
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+beam.coders.registry.register_coder(pa.Table, ArrowTableCoder)
+
+
+class _DecodeTablesFn(beam.DoFn):
+    """Landing tables → lake tables and tagged dead-letter rows. Never raises on bad input."""
+
+    def __init__(self, contract: Contract | None, chunk_messages: int) -> None:
+        self._contract = contract
+        self._chunk = chunk_messages
+        ns = decode_module.METRICS_NAMESPACE
+        self._received = Metrics.counter(ns, "received")
+        self._sent = Metrics.counter(ns, "sent")
+        self._dropped = Metrics.counter(ns, "dropped")
+
+    def setup(self) -> None:
+        self._decoder = ArrowDecoder(self._contract)
+
+    def process(self, landing: pa.Table) -> Iterator[Any]:
+        for offset in range(0, landing.num_rows, self._chunk):
+            part = landing.slice(offset, self._chunk)
+            decoded = self._decoder.decode(
+                part["topic"].to_pylist(), part["payload"].to_pylist(), part["received_ms"].to_pylist()
+            )
+            self._received.inc(decoded.messages)
+            reasons: dict[str, int] = {}
+            for dead in decoded.dead:
+                reasons[dead[0].reason] = reasons.get(dead[0].reason, 0) + 1
+                yield pvalue.TaggedOutput(DEAD_LETTERS, dead_letter_row(dead))
+            if decoded.dead:
+                self._dropped.inc(len(decoded.dead))
+            for reason, count in reasons.items():
+                Metrics.counter(decode_module.METRICS_NAMESPACE, f"dropped_{reason}").inc(count)
+            if decoded.table.num_rows:
+                self._sent.inc(decoded.table.num_rows)
+                yield decoded.table
+
+
+class DecodeBatchTables(beam.PTransform):
+    """Landing tables (topic, payload, received_ms) → ``main`` lake tables and ``dead_letters`` rows.
+
+    The columnar :class:`~.decode.DecodeBatches`: the same rows, reasons and
+    counters. Use as ``decoded = tables | DecodeBatchTables()``, then
+    ``decoded.main`` / ``decoded[DEAD_LETTERS]``.
+    """
+
+    def __init__(
+        self,
+        contract: Contract | None = None,
+        *,
+        chunk_messages: int = DEFAULT_CHUNK_MESSAGES,
+        label: str | None = None,
+    ) -> None:
+        super().__init__(label)
+        if chunk_messages < 1:
+            raise ValueError(f"chunk_messages must be at least 1, got {chunk_messages}")
+        self._contract = contract
+        self._chunk = chunk_messages
+
+    def expand(self, landing: beam.PCollection) -> pvalue.DoOutputsTuple:
+        return landing | "Validate" >> beam.ParDo(
+            _DecodeTablesFn(self._contract, self._chunk)
+        ).with_outputs(DEAD_LETTERS, main="main")
+
+
+class _ShardFn(beam.DoFn):
+    def __init__(self, shards: int) -> None:
+        self._shards = shards
+        self._received = Metrics.counter(dedupe_module.METRICS_NAMESPACE, "received")
+
+    def process(self, table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+        self._received.inc(table.num_rows)
+        yield from split_table(table, shard_of(table["device_id"], self._shards))
+
+
+class _DedupeShardFn(beam.DoFn):
+    def __init__(self) -> None:
+        self._sent = Metrics.counter(dedupe_module.METRICS_NAMESPACE, "sent")
+        self._duplicates = Metrics.counter(dedupe_module.METRICS_NAMESPACE, "duplicates")
+
+    def process(self, keyed: tuple[int, Any]) -> Iterator[pa.Table]:
+        _, parts = keyed
+        table, duplicates = dedupe_table(pa.concat_tables(list(parts)))
+        self._sent.inc(table.num_rows)
+        if duplicates:
+            self._duplicates.inc(duplicates)
+        yield table
+
+
+class DedupeRecordTables(beam.PTransform):
+    """Lake tables → one deduplicated table per device shard (every record of its devices).
+
+    The columnar :class:`~.dedupe.DedupeRecords` for the global window (batch).
+    """
+
+    def __init__(self, shards: int = DEFAULT_SHARDS, label: str | None = None) -> None:
+        super().__init__(label)
+        if shards < 1:
+            raise ValueError(f"shards must be at least 1, got {shards}")
+        self._shards = shards
+
+    def expand(self, tables: beam.PCollection) -> beam.PCollection:
+        return (
+            tables
+            | "KeyByDeviceShard" >> beam.ParDo(_ShardFn(self._shards)).with_output_types(tuple[int, pa.Table])
+            | "GroupShard" >> beam.GroupByKey()
+            | "PickSurvivors" >> beam.ParDo(_DedupeShardFn()).with_output_types(pa.Table)
+        )
+
+
+class DeviceHourTables(beam.PTransform):
+    """Device-shard tables from :class:`DedupeRecordTables` → DEVICE_HOUR_ARROW tables."""
+
+    def expand(self, tables: beam.PCollection) -> beam.PCollection:
+        return tables | "RollUp" >> beam.Map(device_hour_table).with_output_types(pa.Table)
+
+
+class DeviceHoursFromTables(beam.PTransform):
+    """DEVICE_HOUR_ARROW tables → :class:`DeviceHour` elements (for the per-customer steps)."""
+
+    def expand(self, tables: beam.PCollection) -> beam.PCollection:
+        return tables | "ToDeviceHour" >> beam.FlatMap(device_hours_from_table)

@@ -45,6 +45,18 @@ REASONS = (
     "bad_compression",
 )
 
+#: Integers without a bound in the contract must still fit the lake's int64 columns.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _utf8_ok(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 #: RFC 1952 magic: a gzip-compressed gateway batch.
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -105,8 +117,8 @@ class Validator:
 
             return identifier
         if spec.type == "int":
-            low = -math.inf if spec.min is None else spec.min
-            high = math.inf if spec.max is None else spec.max
+            low = INT64_MIN if spec.min is None else spec.min
+            high = INT64_MAX if spec.max is None else spec.max
 
             def integer(value: Any) -> Any:
                 if type(value) is int and low <= value <= high:
@@ -118,7 +130,7 @@ class Validator:
             longest_string = self._limits.max_string_length
 
             def string(value: Any) -> Any:
-                if type(value) is str and len(value) <= longest_string:
+                if type(value) is str and len(value) <= longest_string and (value.isascii() or _utf8_ok(value)):
                     return value
                 return slow(spec, value)
 
@@ -148,12 +160,12 @@ class Validator:
                 raise InvalidTelemetry(
                     "wrong_type", f"{spec.name} must be an integer, got {quote(value)}"
                 )
-            if (spec.min is not None and value < spec.min) or (
-                spec.max is not None and value > spec.max
-            ):
+            low = INT64_MIN if spec.min is None else spec.min
+            high = INT64_MAX if spec.max is None else spec.max
+            if not low <= value <= high:
                 raise InvalidTelemetry(
                     "out_of_range",
-                    f"{spec.name}={value} is outside [{spec.min}, {spec.max}]",
+                    f"{spec.name}={value} is outside [{low}, {high}]",
                 )
             return value
         if kind == "enum":
@@ -173,6 +185,8 @@ class Validator:
                     f"{spec.name} has {len(value)} characters, at most "
                     f"{self._limits.max_string_length} allowed",
                 )
+            if not _utf8_ok(value):  # a lone surrogate from a JSON \ud800 escape
+                raise InvalidTelemetry("not_utf8", f"{spec.name} holds a lone surrogate")
             return value
         if kind == "quantities":
             return self._quantities(value)
@@ -194,12 +208,11 @@ class Validator:
                 raise InvalidTelemetry("bad_quantity", f"quantity {quote(q)} is not an object")
             name = self._identifier("quantities.name", q.get("name"))
             number = q.get("value")
-            if (
-                isinstance(number, bool)
-                or not isinstance(number, int | float)
-                or not math.isfinite(number)
-                or number < 0
-            ):
+            try:
+                as_float = float(number) if isinstance(number, int | float) else math.nan
+            except OverflowError:  # an integer too large for a float (e.g. 10**400)
+                as_float = math.nan
+            if isinstance(number, bool) or not math.isfinite(as_float) or as_float < 0:
                 raise InvalidTelemetry(
                     "bad_quantity",
                     f"quantity {name} value {quote(number)} must be a finite number >= 0",
@@ -301,6 +314,8 @@ class Validator:
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise InvalidTelemetry("not_json", f"{exc.msg} at offset {exc.pos}") from None
+        except RecursionError:
+            raise InvalidTelemetry("not_json", "nested too deeply to parse") from None
 
     def device_payload(
         self, payload: bytes, *, now_ms: int | None = None

@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 from fleetpulse.pipeline.ingest.mqtt import MqttSourceConfig
@@ -140,3 +141,10 @@ def test_streaming_and_backfill_over_the_same_lake_give_identical_rollups_and_si
     assert len(hours) == 2 * 2 * 3 * 5 * 24  # every device hour, once
     days = query(influxdb_v1.port, "batch", "fp_customer_daily")
     assert {dict(tags)["customer_id"] for _, tags in days} == {"c-0000", "c-0001"}
+    # The backfill's hour files supersede the stream's panes: each record once in the archive.
+    keys: list[tuple] = []
+    for part in (lake / "records").glob("dt=*/hour=*/*.parquet"):
+        table = pq.read_table(part, columns=["device_id", "boot", "seq"])
+        keys.extend(zip(*(table.column(c).to_pylist() for c in ("device_id", "boot", "seq")), strict=True))
+    assert len(keys) == len(set(keys)) > 0
+    assert not list((lake / "records").glob("dt=*/hour=*/part-s-*.parquet"))

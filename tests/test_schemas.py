@@ -165,3 +165,24 @@ def test_contract_topics():
     assert contract.subscription("device_telemetry") == "fleetpulse/v1/devices/+/telemetry"
     with pytest.raises(ValueError, match="v9"):
         load_contract(9)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"kind": ["heartbeat"]}, "unknown_kind"),  # unhashable: once a TypeError
+        ({"kind": "usage", "period_s": 60, "quantities": [{"name": "r", "value": 10**400, "unit": "s"}]},
+         "bad_quantity"),  # too large for a float: once an OverflowError
+        ({"kind": "error", "code": "E1", "severity": "error", "message": "\ud800"}, "not_utf8"),
+        ({"uptime_s": 2**64}, "out_of_range"),  # beyond the lake's int64 columns
+    ],
+)
+def test_hostile_values_are_rejections_not_crashes(change, reason):
+    rec = {"device_id": "d1", "ts_ms": 1_700_000_000_000, "boot": 1, "seq": 2, "fw": "1.2.3",
+           "kind": "heartbeat", "interval_s": 60} | change
+    valid, rejected = Validator(load_contract()).records([rec])
+    assert valid == [] and [r.reason for r in rejected] == [reason]
+
+
+def test_a_payload_nested_too_deeply_is_not_json():
+    assert [r.reason for r in Validator(load_contract()).device_payload(b"[" * 100_000)[1]] == ["not_json"]

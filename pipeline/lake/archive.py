@@ -76,6 +76,12 @@ def write_partition(lake: str, partition: str, table: pa.Table) -> str:
     with FileSystems.create(tmp) as handle:
         handle.write(buffer.getvalue())
     FileSystems.rename([tmp], [final])
+    # The streaming job's panes for this hour (part-s-*) are superseded: the
+    # backfill derived this file from the same landing zone they came from.
+    # Removed after the new file is in place, so the hour is never missing.
+    panes = FileSystems.match([_join(lake, "records", partition, "part-s-*.parquet")])[0].metadata_list
+    if panes:
+        FileSystems.delete([m.path for m in panes])
     return final
 
 

@@ -1,8 +1,10 @@
 """The demo's outcome on its embedded defaults: the planted patterns are classified
 as a CSM would want, each with a reason, and nothing is lost on the way.
 
-This runs exactly what `make demo` runs (in-process brokers, simulator, 29
-collectors, lander, Beam job, playbooks), so it takes a couple of minutes.
+This runs exactly what `make demo` runs (with Debian's Mosquitto, as in CI:
+two brokers, simulator, 29 collectors, the streaming ingest and the status
+lander, the Beam batch job over the same lake, playbooks), so it takes about
+four minutes.
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ Standard library only.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 from fleetpulse.errors import ConfigError
 from fleetpulse.schemas import load_contract
 
-from .config import CollectorConfig, parse_config
+from .config import CollectorConfig, parse_config, read_toml
 
 #: Who reads the gateways' topics when no --reader is given (pipeline/lake/lander.py's user).
 DEFAULT_READERS: tuple[str, ...] = ("fleetpulse-lander",)
@@ -59,18 +58,7 @@ def read_gateway_config(path: str | Path) -> CollectorConfig:
     """Validate a collector TOML file without the environment and without resolving secrets."""
     path = Path(path)
     source = str(path)
-    try:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(source=source, key="(file)", problem="file not found",
-                          fix="pass the paths of existing gateway TOML files") from None
-    except OSError as exc:
-        raise ConfigError(source=source, key="(file)", problem=f"cannot read: {exc.strerror or exc}",
-                          fix="check the path and its permissions") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source=source, key="(syntax)", problem=f"not valid TOML: {exc}",
-                          fix="correct the TOML syntax at that position") from None
+    raw = read_toml(path, missing_fix="pass the paths of existing gateway TOML files")
     # environ={}: the ACL is built on an admin machine from the files the
     # gateways run with; this machine's FLEETPULSE_GATEWAY__* must not leak in.
     return parse_config(raw, source=source, base_dir=path.resolve().parent, environ={})

@@ -488,22 +488,27 @@ def _check_private(config: CollectorConfig, key: str, path: Path) -> None:
         )
 
 
-def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> CollectorConfig:
-    """Read, validate and resolve the collector configuration at ``path``."""
-    path = Path(path)
+def read_toml(path: Path, *, missing_fix: str = "pass --config with the path of an existing TOML file") -> dict[str, Any]:
+    """A TOML file's contents; ConfigError (file, syntax) with the fix otherwise."""
     source = str(path)
     try:
         with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
+            return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(source=source, key="(file)", problem="file not found",
-                          fix="pass --config with the path of an existing TOML file") from None
+        raise ConfigError(source=source, key="(file)", problem="file not found", fix=missing_fix) from None
     except OSError as exc:
         raise ConfigError(source=source, key="(file)", problem=f"cannot read: {exc.strerror or exc}",
                           fix="check the path and its permissions") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source=source, key="(syntax)", problem=f"not valid TOML: {exc}",
                           fix="correct the TOML syntax at that position") from None
+
+
+def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> CollectorConfig:
+    """Read, validate and resolve the collector configuration at ``path``."""
+    path = Path(path)
+    source = str(path)
+    raw = read_toml(path)
     config = parse_config(raw, source=source, base_dir=path.resolve().parent, environ=environ)
     return resolve_secrets(config, environ=environ)
 

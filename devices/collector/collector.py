@@ -56,7 +56,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -229,7 +229,6 @@ class _Sent:
     first_index: int = 0
     acked: bool = False
     mid: int | None = None
-    refusals: int = field(default=0)
 
 
 class Collector:
@@ -878,7 +877,6 @@ class Collector:
             return
         if event.failure:
             self._counters.add("errors")
-            sent.refusals += 1
             log.error("upstream broker refused batch %d (%d records): %s; resending in %ds",
                       sent.first_index, sent.records, event.failure, _REFUSED_RETRY_MS // 1000)
             self._retry.append(sent)

@@ -207,11 +207,13 @@ class Validator:
             if not isinstance(q, dict):
                 raise InvalidTelemetry("bad_quantity", f"quantity {quote(q)} is not an object")
             name = self._identifier("quantities.name", q.get("name"))
-            number = q.get("value")
-            try:
-                as_float = float(number) if isinstance(number, int | float) else math.nan
-            except OverflowError:  # an integer too large for a float (e.g. 10**400)
-                as_float = math.nan
+            number: Any = q.get("value")
+            as_float = math.nan
+            if isinstance(number, (int, float)):
+                try:
+                    as_float = float(number)
+                except OverflowError:  # an integer too large for a float (e.g. 10**400)
+                    pass
             if isinstance(number, bool) or not math.isfinite(as_float) or as_float < 0:
                 raise InvalidTelemetry(
                     "bad_quantity",

@@ -220,6 +220,10 @@ def test_a_full_spool_drops_by_its_policy_counts_exactly_and_recovers(
         central_broker.start()
         central = _persistent_central(central_port)
         assert collector.wait_idle(timeout_s=60)
+        spooled = collector.counters["spooled_records"]
+        # The broker's PUBACK comes before its delivery to the subscriber: wait for that too.
+        wait_until(lambda: len({r["seq"] for r in central.records()}) >= min(spooled, total - dropped), 20,
+                   "the spooled records at the subscriber")
         got = {r["seq"] for r in central.records()}
         assert len(got) + dropped == total  # exact: each record delivered or counted, never both
         if policy == "drop_oldest":

@@ -361,8 +361,12 @@ def run_demo(config: DemoConfig) -> DemoResult:
         for collector in collectors:
             collector.stop(timeout_s=5)
         if ingest is not None and ingest.poll() is None:
-            ingest.terminate()
-            ingest.wait(timeout=30)
+            ingest.terminate()  # SIGTERM: the job drains
+            try:
+                ingest.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                ingest.kill()  # the brokers below must stop whatever happens here
+                ingest.wait()
         if lander is not None:
             lander.stop()
         for b in brokers:

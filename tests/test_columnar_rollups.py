@@ -21,7 +21,6 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from fleetpulse.devices.simulator.generate import TelemetryGenerator
 from fleetpulse.devices.simulator.simulation import SimulationConfig
-from fleetpulse.pipeline.jobs.outputs import DEVICE_HOUR_SCHEMA
 from fleetpulse.pipeline.lake.schema import lake_schema
 from fleetpulse.pipeline.model import DeviceHour
 from fleetpulse.pipeline.transforms import DedupeRecords, DeviceHourlyRollups, lake_columns
@@ -188,10 +187,6 @@ def test_empty_input_gives_empty_tables() -> None:
     survivors, duplicates = dedupe_table(lake_schema().empty_table())
     assert (survivors.num_rows, duplicates) == (0, 0)
     assert device_hour_table(survivors).schema == DEVICE_HOUR_ARROW
-
-
-def test_device_hour_arrow_is_the_jobs_device_hourly_schema() -> None:
-    assert DEVICE_HOUR_ARROW.equals(DEVICE_HOUR_SCHEMA)
 
 
 def test_shards_are_stable_and_parts_are_compact() -> None:

@@ -180,14 +180,18 @@ def load_health_model(path: str | Path | None = None) -> HealthModel:
                 source, "file", f"cannot read the health model ({exc.strerror})",
                 "pass the path of a health model YAML, or none for the packaged default",
             ) from None
+    return _Parser(source).model(parse_yaml(text, source))
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """A YAML document; a syntax error is a ConfigError naming the file and the line."""
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "yaml"
         raise ConfigError(source, where, f"not valid YAML ({getattr(exc, 'problem', exc)})",
                           "fix the YAML syntax at that line") from None
-    return _Parser(source).model(data)
 
 
 class _Parser:

@@ -24,9 +24,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-import yaml
-
 from fleetpulse.errors import ConfigError
+from fleetpulse.pipeline.health.config import parse_yaml
 from fleetpulse.schemas.accounts import ENGAGEMENT_MODELS, SEGMENTS
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -213,14 +212,7 @@ def load_playbooks(path: str | Path) -> PlaybookSet:
 
 
 def parse_playbooks(text: str, source: str = "<playbooks>") -> PlaybookSet:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "yaml"
-        raise ConfigError(source, where, f"not valid YAML ({getattr(exc, 'problem', exc)})",
-                          "fix the YAML syntax at that line") from None
-    return _Parser(source).document(data)
+    return _Parser(source).document(parse_yaml(text, source))
 
 
 class _Parser:

@@ -52,6 +52,7 @@ import pyarrow.compute as pc
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
+from fleetpulse.pipeline.jobs.outputs import DEVICE_HOUR_SCHEMA
 from fleetpulse.pipeline.model import DeviceHour
 from fleetpulse.schemas import Contract
 
@@ -68,32 +69,9 @@ DEFAULT_SHARDS = 16
 #: Landing messages decoded together (bounds the memory of one decode step).
 DEFAULT_CHUNK_MESSAGES = 1000
 
-SEQ_SPAN = pa.struct(
-    [("boot", pa.int64()), ("min_seq", pa.int64()), ("max_seq", pa.int64()), ("records", pa.int64())]
-)
-#: A DeviceHour as an Arrow row; the same columns as the job's device_hourly Parquet.
-DEVICE_HOUR_ARROW = pa.schema(
-    [
-        ("customer_id", pa.string()),
-        ("site_id", pa.string()),
-        ("gateway_id", pa.string()),
-        ("device_id", pa.string()),
-        ("hour_ms", pa.int64()),
-        ("records", pa.int64()),
-        ("heartbeats", pa.int64()),
-        ("expected_heartbeats", pa.float64()),
-        ("usage_records", pa.int64()),
-        ("feature_uses", pa.int64()),
-        ("errors", pa.int64()),
-        ("critical_errors", pa.int64()),
-        ("usage", pa.map_(pa.string(), pa.float64())),
-        ("features", pa.map_(pa.string(), pa.int64())),
-        ("error_fw", pa.map_(pa.string(), pa.int64())),
-        ("fw", pa.string()),
-        ("last_ts_ms", pa.int64()),
-        ("seq_spans", pa.list_(SEQ_SPAN)),
-    ]
-)
+SEQ_SPAN = DEVICE_HOUR_SCHEMA.field("seq_spans").type.value_type
+#: A DeviceHour as an Arrow row: the job's device_hourly Parquet schema, one definition.
+DEVICE_HOUR_ARROW = DEVICE_HOUR_SCHEMA
 
 
 # ------------------------------------------------------------------ helpers

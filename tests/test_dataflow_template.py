@@ -349,27 +349,11 @@ def test_resolve_puts_the_launch_env_where_the_commands_read_it(tmp_path, no_inf
 
 def land_small_fleet(root: Path) -> Path:
     """Two customers, three days, landed as gateways would send them; returns accounts.csv."""
-    from fleetpulse.devices.simulator.generate import TelemetryGenerator
-    from fleetpulse.devices.simulator.registry import write_outputs
     from fleetpulse.devices.simulator.simulation import SimulationConfig
-    from fleetpulse.pipeline.lake.landing import LandingWriter
-    from fleetpulse.schemas import load_contract
 
-    fleet = SimulationConfig(seed=5, customers=2, days=3).build_fleet()
-    paths = write_outputs(fleet, root / "sim")
-    gateways = {g.gateway_id: g for g in fleet.gateways}
-    contract = load_contract()
-    writer = LandingWriter(root / "lake")
-    for seq, message in enumerate(TelemetryGenerator(fleet)):
-        if message.withheld or message.malformed is not None:
-            continue
-        gw = gateways[message.gateway_id]
-        ids = {"customer_id": gw.customer_id, "site_id": gw.site_id, "gateway_id": gw.gateway_id}
-        envelope = {"v": 1, **ids, "batch_seq": seq, "sent_ms": 1_795_000_000_000,
-                    "records": json.loads(message.payload)}
-        writer.add(contract.topic("gateway_batches", **ids), json.dumps(envelope).encode(), 1_795_000_000_000)
-    writer.commit()
-    return Path(paths.accounts)
+    from .test_jobs import land_fleet
+
+    return land_fleet(root, SimulationConfig(seed=5, customers=2, days=3), status=False)
 
 
 def test_a_local_backfill_of_a_date_range_through_the_entry_point(tmp_path, no_influx):

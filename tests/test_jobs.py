@@ -30,9 +30,9 @@ SIM = SimulationConfig(seed=3, customers=8, days=6)
 RECEIVED_MS = 1_795_000_000_000  # after the simulated span
 
 
-def land_fleet(root: Path) -> Path:
-    """A lake whose landing zone holds the fleet's records in gateway envelopes."""
-    fleet = SIM.build_fleet()
+def land_fleet(root: Path, sim: SimulationConfig = SIM, *, status: bool = True) -> Path:
+    """A lake whose landing zone holds the fleet's records in gateway envelopes; returns accounts.csv."""
+    fleet = sim.build_fleet()
     paths = write_outputs(fleet, root / "sim")
     gateways = {g.gateway_id: g for g in fleet.gateways}
     contract = load_contract()
@@ -46,15 +46,16 @@ def land_fleet(root: Path) -> Path:
                     "records": json.loads(message.payload)}
         writer.add(contract.topic("gateway_batches", **ids), json.dumps(envelope).encode(), RECEIVED_MS)
     writer.commit()
-    # Each gateway's status as its collector would publish it at stop.
-    status = LandingWriter(root / "lake", zone="status")
-    for gw in fleet.gateways:
-        ids = {"customer_id": gw.customer_id, "site_id": gw.site_id, "gateway_id": gw.gateway_id}
-        body = {"v": 1, **ids, "at_ms": RECEIVED_MS, "state": "online",
-                "counters": {"sent_records": 100, "dead_letters": 2, "dropped_records": {"not_json": 2}}}
-        status.add(contract.topic("gateway_status", **ids), json.dumps(body).encode(), RECEIVED_MS)
-    status.commit()
-    return paths.accounts
+    if status:
+        # Each gateway's status as its collector would publish it at stop.
+        statuses = LandingWriter(root / "lake", zone="status")
+        for gw in fleet.gateways:
+            ids = {"customer_id": gw.customer_id, "site_id": gw.site_id, "gateway_id": gw.gateway_id}
+            body = {"v": 1, **ids, "at_ms": RECEIVED_MS, "state": "online",
+                    "counters": {"sent_records": 100, "dead_letters": 2, "dropped_records": {"not_json": 2}}}
+            statuses.add(contract.topic("gateway_status", **ids), json.dumps(body).encode(), RECEIVED_MS)
+        statuses.commit()
+    return Path(paths.accounts)
 
 
 def vm_series(port: int, match: str, key: str = "customer_id") -> dict[tuple[str, int], float]:

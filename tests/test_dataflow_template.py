@@ -57,6 +57,7 @@ BAD = {
     "health_model": "gs://",
     "from": "2026-13-01",
     "to": "20260831",
+    "history_days": "-1",
     "broker": "mqtt.example.com",
     "tls": "yes",
     "ca_file": "ca.pem",

@@ -4,12 +4,17 @@ The plan, one named composite per step (batch and the later streaming job
 share every transform; only the source and the triggering differ)::
 
     ReadLanding → DecodeBatches ─▶ dead letters                      (Arrow tables from here …
-                → KeepPeriod → DedupeRecords ─▶ WriteRawArchive (lake/records, by event hour)
+                → KeepPeriod → DedupeRecords ─▶ (period) WriteRawArchive (lake/records, by event hour)
                 → DeviceHourlyRollups                                 … to here)
-                → DeviceHours ─▶ device_hourly parquet, InfluxDB fp_device_hourly
+                → DeviceHours ─▶ (period) device_hourly parquet, InfluxDB fp_device_hourly
                 → CustomerDailyUsage → FleetContext ┐
-                → ScoreAccounts ◀─ accounts, model ─┘ ─▶ signals parquet, InfluxDB fp_customer_daily
-                                                      └▶ alerts.jsonl
+                → ScoreAccounts ◀─ accounts, model ─┘ ─▶ (period) signals parquet, InfluxDB fp_customer_daily
+                                                      └▶ (period) alerts.jsonl
+
+``--from`` / ``--to`` bound what is *written*; what is *read* reaches back
+``history_days`` before ``--from`` (default: the whole lake), because a day's
+signals look back (trends, baselines, coverage holds, alert onsets): the
+period's outputs are then those of a run over the whole lake.
     ReadLanding(status) → DecodeGatewayStatus ─▶ InfluxDB fp_gateway_status (counters, drops, online)
                         └▶ MarkOfflineGateways (a gateway reporting offline → its day is low coverage)
 
@@ -87,6 +92,10 @@ class JobConfig:
     influx: InfluxConfig | None = None
     from_day: date | None = None
     to_day: date | None = None  # inclusive
+    #: days of history before ``from_day`` read for scoring only (trends,
+    #: baselines, holds and alert onsets look back): None reads all the lake
+    #: holds, which gives exactly the numbers of a run over the whole lake
+    history_days: int | None = None
     #: how records are decoded, deduplicated and rolled up: "columnar" (Arrow
     #: tables, the default) or "per_element" (one dict per record, the
     #: streaming job's transforms); the outputs are the same
@@ -95,6 +104,20 @@ class JobConfig:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"engine {self.engine!r} is not one of {ENGINES}")
+        if self.history_days is not None and self.history_days < 0:
+            raise ValueError(f"history_days {self.history_days} is negative")
+
+    @property
+    def read_from_day(self) -> date | None:
+        """The first event day read: ``from_day`` less the scoring history (None: the lake's first)."""
+        if self.from_day is None or self.history_days is None:
+            return None
+        return self.from_day - timedelta(days=self.history_days)
+
+    @property
+    def has_history(self) -> bool:
+        """Whether records before ``from_day`` are read (for scoring, not written)."""
+        return self.from_day is not None and self.read_from_day != self.from_day
 
 
 def _ms(day: date) -> int:
@@ -154,15 +177,18 @@ class KeepPeriodTables(beam.PTransform):
 
 
 def _device_hours(p: beam.Pipeline, config: JobConfig) -> tuple[Any, beam.PCollection]:
-    """Landing zone → (decoded, DeviceHours); writes the raw archive on the way."""
+    """Landing zone → (decoded, DeviceHours of the days read); writes the period's raw archive."""
+    read_from, history = config.read_from_day, config.has_history
     if config.engine == "columnar":
         decoded = p | "ReadLanding" >> ReadLandingTables(config.lake) | "DecodeBatches" >> DecodeBatchTables()
         records = (
             decoded.main
-            | "KeepPeriod" >> KeepPeriodTables(config.from_day, config.to_day)
+            | "KeepPeriod" >> KeepPeriodTables(read_from, config.to_day)
             | "DedupeRecords" >> DedupeRecordTables()
         )
-        _ = records | "WriteRawArchive" >> WriteRawArchiveTables(config.lake)
+        archived = (records | "ArchivePeriod" >> KeepPeriodTables(config.from_day, config.to_day)
+                    if history else records)
+        _ = archived | "WriteRawArchive" >> WriteRawArchiveTables(config.lake)
         # Every device-hour is whole in its device shard: no windows, no combining.
         hours = (
             records
@@ -173,13 +199,41 @@ def _device_hours(p: beam.Pipeline, config: JobConfig) -> tuple[Any, beam.PColle
     decoded = p | "ReadLanding" >> ReadLanding(config.lake) | "DecodeBatches" >> DecodeBatches()
     rows = (
         decoded.main
-        | "KeepPeriod" >> KeepPeriod(config.from_day, config.to_day)
+        | "KeepPeriod" >> KeepPeriod(read_from, config.to_day)
         | "DedupeRecords" >> DedupeRecords()
     )
-    _ = rows | "WriteRawArchive" >> WriteRawArchive(config.lake)
+    archived = rows | "ArchivePeriod" >> KeepPeriod(config.from_day, config.to_day) if history else rows
+    _ = archived | "WriteRawArchive" >> WriteRawArchive(config.lake)
     # Batch: one pane per group, the window start carried in the key (the
     # streaming job passes event-time windows and its trigger instead).
     return decoded, rows | "DeviceHourlyRollups" >> DeviceHourlyRollups(window_mode="batch")
+
+
+class KeepOutputPeriod(beam.PTransform):
+    """Keep outputs of the period: DeviceHours by ``hour_ms``, signals and alerts by ``day``.
+
+    With scoring history (:attr:`JobConfig.has_history`) the job computes the
+    days before ``--from`` too, so that the period's trends and alerts are
+    those of a run over the whole lake; only the period is written.
+    """
+
+    def __init__(self, config: JobConfig) -> None:
+        super().__init__()
+        # The upper edge needs no filter: nothing after ``to_day`` is read.
+        self.low = period_ms(config.from_day, None)[0]
+        self.first = config.from_day.isoformat() if config.from_day else None
+
+    def expand(self, items: beam.PCollection) -> beam.PCollection:
+        low, first = self.low, self.first
+        if low is None:
+            return items
+
+        def keep(item: Any) -> bool:
+            if hasattr(item, "hour_ms"):
+                return bool(item.hour_ms >= low)
+            return bool(item.day >= first)
+
+        return items | "InPeriod" >> beam.Filter(keep)
 
 
 def build_pipeline(options: PipelineOptions, config: JobConfig) -> beam.Pipeline:
@@ -187,8 +241,8 @@ def build_pipeline(options: PipelineOptions, config: JobConfig) -> beam.Pipeline
     p = beam.Pipeline(options=options)
     out = config.out.rstrip("/")
 
-    decoded, hours = _device_hours(p, config)
-    days = hours | "CustomerDailyUsage" >> CustomerDailyUsage(window_mode="batch")
+    decoded, all_hours = _device_hours(p, config)
+    days = all_hours | "CustomerDailyUsage" >> CustomerDailyUsage(window_mode="batch")
     status = None
     if has_files(config.lake, "status"):
         status = p | "ReadStatus" >> ReadLanding(config.lake, zone="status") | "DecodeGatewayStatus" >> DecodeGatewayStatus()
@@ -198,7 +252,11 @@ def build_pipeline(options: PipelineOptions, config: JobConfig) -> beam.Pipeline
     scored = days | "ScoreAccounts" >> ScoreAccounts(
         config.accounts, config.model, score_account, fleet=fleet
     )
-    signals, alerts = scored[SIGNALS], scored[ALERTS]
+    signals, alerts, hours = scored[SIGNALS], scored[ALERTS], all_hours
+    if config.has_history:
+        hours = all_hours | "DeviceHoursOfPeriod" >> KeepOutputPeriod(config)
+        signals = signals | "SignalsOfPeriod" >> KeepOutputPeriod(config)
+        alerts = alerts | "AlertsOfPeriod" >> KeepOutputPeriod(config)
 
     _ = (
         signals

@@ -10,10 +10,15 @@ Arguments after ``--`` are passed to Beam unchanged.
 ``--from`` / ``--to`` select records by *event* time (``ts_ms``), in whole UTC
 days, both inclusive: ``--from 2026-08-01 --to 2026-08-31`` is every record
 stamped from 2026-08-01T00:00:00Z up to, not including, 2026-09-01T00:00:00Z.
-Either may be left out (open on that side). Dedupe and the rollups see only
-the period's records; the edges being whole UTC days, every device-hour and
-customer day inside the period comes out as in a run over the whole lake
-(signals that look back, such as trends, see only the period's days).
+Either may be left out (open on that side). Only the period is written (raw
+archive partitions, device hours, signals, alerts, InfluxDB points), but a
+day's signals look back — trends, baselines, coverage holds, alert onsets,
+time to value — so the job reads and scores the history before ``--from`` too:
+all of it by default, which makes the period's outputs exactly those of a run
+over the whole lake; ``--history-days N`` reads only N days before ``--from``
+(at least the health model's ``warmup_days``: trends, holds and alert onsets
+are then still exact; time to value and the newest fleet firmware may be
+missed for accounts onboarded earlier). Nothing after ``--to`` is read.
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="first event day to include (UTC, inclusive; default: the lake's first)")
     parser.add_argument("--to", dest="to_day", metavar="YYYY-MM-DD",
                         help="last event day to include (UTC, inclusive; default: the lake's last)")
+    parser.add_argument("--history-days", type=int, metavar="N",
+                        help="days before --from read for scoring only (default: the whole lake, exact; "
+                             "at least the health model's warmup_days)")
     parser.add_argument("beam_args", nargs="*", help="Beam pipeline options, after --")
 
 
@@ -74,14 +82,28 @@ def resolve(args: argparse.Namespace):  # -> JobConfig
             "command line", "--lake", f"{args.lake} has no landing files (landing/dt=*/part-*.parquet)",
             "point --lake at the folder `fleetpulse land` writes to",
         )
+    model = load_health_model(args.health_model)
+    history_days = getattr(args, "history_days", None)
+    if history_days is not None:
+        if from_day is None:
+            raise ConfigError("command line", "--history-days", "is given without --from",
+                              "add --from YYYY-MM-DD, or leave --history-days out")
+        if history_days < model.warmup_days:
+            raise ConfigError(
+                "command line", "--history-days",
+                f"{history_days} is shorter than the health model's warmup_days ({model.warmup_days}): "
+                "trends and holds at the start of the period would differ from a full run",
+                f"use at least {model.warmup_days}, or leave it out to read the whole lake",
+            )
     return JobConfig(
         lake=args.lake,
         out=args.out,
         accounts=load_accounts(args.accounts),
-        model=load_health_model(args.health_model),
+        model=model,
         influx=InfluxConfig.from_env(os.environ),
         from_day=from_day,
         to_day=to_day,
+        history_days=history_days,
     )
 
 

@@ -118,6 +118,21 @@ def test_ingest_writes_each_record_once_and_the_expected_rollups(
     assert not list(pending_dir(lake, PREFIX).iterdir())  # a clean end leaves nothing to replay
 
 
+def test_ingest_runs_on_the_direct_runner_in_streaming_mode(
+    mosquitto: Server, influxdb_v1: Server, tmp_path: Path
+) -> None:
+    """``-- --runner=DirectRunner``: Beam's DirectRunner picks its engine (Prism where it can be
+    downloaded; here the FnApiRunner, as Prism's binary is unreachable) and the job is the same."""
+    fleet = seeded_fleet(seed=8)
+    lake = tmp_path / "lake"
+    create_db(influxdb_v1.port, "direct")
+    create_session(mosquitto, lake)
+    publish(mosquitto.port, fleet.messages)
+    finish(ingest(mosquitto, lake, "--idle-stop-ms", "800", "--", "--runner=DirectRunner",
+                  influx=(influxdb_v1.port, "direct")))
+    check_exactly_once(lake, fleet, (influxdb_v1.port, "direct"))
+
+
 def test_malformed_messages_are_dead_lettered_and_change_nothing_else(
     mosquitto_pair: tuple[Server, Server], influxdb_v1: Server, tmp_path: Path
 ) -> None:

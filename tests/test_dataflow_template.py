@@ -63,6 +63,7 @@ BAD = {
     "ca_file": "ca.pem",
     "username": "two words",
     "password_env": "mqtt-password",
+    "password_secret": "mqtt-ingest",
     "share_group": "a/b",
     "client_id_prefix": "a+b",
     "readers": "0",
@@ -194,6 +195,21 @@ def test_beam_options_pass_through_untouched_even_when_they_resemble_ours():
     assert main.is_local([]) and main.is_local(["--runner=FnApiRunner"])
 
 
+def test_launch_env_for_a_remote_runner_passes_references_and_reads_nothing():
+    def read_secret(version: str) -> str:
+        raise AssertionError("a remote launch must not read any secret")
+
+    env = main.launch_env(
+        "INFLUX_URL=https://influx:8086;INFLUX_ORG=acme;INFLUX_BUCKET=fp",
+        "INFLUX_TOKEN=projects/p/secrets/influx-token/versions/latest", read_secret, remote=True,
+    )
+    assert env["INFLUX_TOKEN_SECRET"] == "projects/p/secrets/influx-token/versions/latest"
+    assert "INFLUX_TOKEN" not in env
+    with pytest.raises(ConfigError) as err:
+        main.launch_env("", "FLEETPULSE_MQTT_PASSWORD=projects/p/secrets/mqtt/versions/1", read_secret, remote=True)
+    assert err.value.key == "secret_env" and "password_secret" in err.value.fix
+
+
 def test_launch_env_reads_settings_and_secrets():
     asked: list[str] = []
 
@@ -252,12 +268,29 @@ def test_gs_files_are_staged_locally_before_validation(tmp_path):
 # --- main.py: remote runs are checked before anything is built ------------------------------------
 
 
-def test_ingest_is_refused_on_dataflow_with_the_reason():
-    launch = main.parse(argv_for("ingest", lake="gs://b/lake", out="gs://b/out")
-                        + ["--runner=DataflowRunner", "--sdk_container_image=img"])
+DATAFLOW = ["--runner=DataflowRunner", "--project=acme-data", "--region=europe-west1",
+            "--temp_location=gs://acme-fleetpulse/tmp", "--sdk_container_image=europe-docker.pkg.dev/acme-data/fp/img:1"]
+
+
+def test_ingest_on_dataflow_passes_the_remote_checks():
+    launch = main.parse(argv_for("ingest", lake="gs://b/lake", out="gs://b/out") + DATAFLOW)
+    main.check_remote(launch)
+    main.check_remote(main.parse(argv_for("ingest", lake="gs://b/lake", out="gs://b/out",
+                                          accounts="gs://b/a.csv", score_every_s="3600") + DATAFLOW))
+
+
+@pytest.mark.parametrize(
+    ("values", "key", "words"),
+    [
+        ({"lake": "/data/lake", "out": "gs://b/out"}, "lake", "each worker's own disk"),
+        ({"lake": "gs://b/lake", "out": "./out"}, "out", "each worker's own disk"),
+        ({"lake": "gs://b/lake", "out": "gs://b/out", "accounts": "gs://b/a.csv"}, "score_every_s", "drained"),
+    ],
+)
+def test_ingest_on_dataflow_refuses_what_would_not_work_there(values, key, words):
     with pytest.raises(ConfigError) as err:
-        main.check_remote(launch)
-    assert err.value.key == "job" and "worker's disk" in err.value.problem
+        main.check_remote(main.parse(argv_for("ingest", **values) + DATAFLOW))
+    assert err.value.key == key and words in err.value.problem
 
 
 def test_backfill_on_dataflow_needs_the_fleetpulse_worker_image():
@@ -269,9 +302,9 @@ def test_backfill_on_dataflow_needs_the_fleetpulse_worker_image():
 
 
 def test_main_prints_one_line_and_exits_2_on_a_config_error(capsys):
-    code = main.main(argv_for("ingest", lake="/l", out="/o") + ["--runner=DataflowRunner"])
+    code = main.main(argv_for("ingest", lake="/l", out="gs://b/o") + ["--runner=DataflowRunner"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "ingest cannot run on DataflowRunner" in err
+    assert code == 2 and len(err.splitlines()) == 1 and "lake: /l is a local path" in err
 
 
 # --- main.py builds both pipelines with the commands' own builders ------------------------------
@@ -329,6 +362,67 @@ def test_ingest_is_built_by_its_own_builder_in_streaming_mode(tmp_path, no_influ
     labels = {t.full_label for t in pipeline.transforms_stack[0].parts}
     assert {"ReadFromMqtt", "ProcessTelemetry", "WriteRawArchive"} <= labels
     assert "LandMessages" not in labels
+
+
+def staged_pickles(pipeline: beam.Pipeline) -> bytes:
+    """Every DoFn of the pipeline proto (what the runner stages), unwrapped to raw pickle bytes."""
+    import base64
+    import bz2
+    import zlib
+
+    from apache_beam.portability import common_urns
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    chunks = []
+    for transform in pipeline.to_runner_api().components.transforms.values():
+        if transform.spec.urn == common_urns.primitives.PAR_DO.urn:
+            fn = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload).do_fn.payload
+            raw = base64.b64decode(fn)
+            chunks.append(bz2.decompress(raw) if raw.startswith(b"BZh") else zlib.decompress(raw))
+    assert chunks
+    return b"".join(chunks)
+
+
+INFLUX_ENV = "INFLUX_URL=https://influx.example.com:8086;INFLUX_ORG=acme;INFLUX_BUCKET=fleetpulse"
+TOKEN_VERSION = "projects/acme-data/secrets/influx-token/versions/latest"
+MQTT_VERSION = "projects/acme-data/secrets/mqtt-ingest/versions/3"
+
+
+def test_ingest_is_built_for_dataflow_with_secret_references_only(tmp_path, no_influx, monkeypatch):
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    # Even a password in the launcher's own environment must not reach the graph.
+    monkeypatch.setenv("FLEETPULSE_MQTT_PASSWORD", "launcher-env-password")
+    launch = main.parse(argv_for(
+        "ingest", lake="gs://acme-fleetpulse/lake", out="gs://acme-fleetpulse/ingest-out",
+        broker="mqtt.example.com:8883", tls="true", username="fleetpulse-ingest", readers="2",
+        password_secret=MQTT_VERSION, influx_env=INFLUX_ENV, secret_env=f"INFLUX_TOKEN={TOKEN_VERSION}",
+    ) + DATAFLOW)
+    main.check_remote(launch)
+
+    def read_secret(version: str) -> str:
+        raise AssertionError("a Dataflow launch must not read secrets")
+
+    config = main.resolve(launch, tmp_path, read_secret=read_secret)
+    assert config.land and config.replay == () and config.source.stop_file is None
+    assert config.influx is not None and config.influx.token is None
+    pipeline = main.build(launch, config)  # built, never submitted
+    assert type(pipeline.runner).__name__ == "DataflowRunner"
+    assert pipeline.options.view_as(StandardOptions).streaming is True
+    labels = {t.full_label for t in pipeline.transforms_stack[0].parts}
+    assert {"ReadFromMqtt", "LandMessages", "ProcessTelemetry", "WriteRawArchive", "WriteInflux0"} <= labels
+    staged = staged_pickles(pipeline)
+    assert TOKEN_VERSION.encode() in staged and MQTT_VERSION.encode() in staged
+    assert b"launcher-env-password" not in staged
+
+
+def test_a_local_launch_reads_secrets_into_the_graph_which_is_why_remote_ones_do_not(tmp_path, no_influx):
+    # The contrast to the test above (and proof that its search can find a value).
+    launch = main.parse(argv_for("ingest", lake=str(tmp_path / "lake"), out=str(tmp_path / "out"),
+                                 influx_env=INFLUX_ENV, secret_env=f"INFLUX_TOKEN={TOKEN_VERSION}")
+                        + ["--runner=FnApiRunner"])
+    config = main.resolve(launch, tmp_path, read_secret=lambda version: "tok-read-at-launch")
+    assert b"tok-read-at-launch" in staged_pickles(main.build(launch, config))
 
 
 def test_resolve_puts_the_launch_env_where_the_commands_read_it(tmp_path, no_influx):

@@ -20,14 +20,19 @@ Beam/Dataflow pipeline option and goes to ``PipelineOptions`` unchanged.
 Two parameters exist only here, because Flex Template workers and launchers
 get no environment of their own: ``influx_env`` (``INFLUX_URL=…;INFLUX_ORG=…``,
 the non-secret ``INFLUX_*`` settings) and ``secret_env``
-(``INFLUX_TOKEN=projects/p/secrets/s/versions/latest;…``: environment
-variables read from Secret Manager at launch). ``accounts`` and
-``health_model`` may be ``gs://`` files; they are copied to the launcher's
-disk before they are validated.
+(``INFLUX_TOKEN=projects/p/secrets/s/versions/latest;…``: secrets in Secret
+Manager). ``accounts`` and ``health_model`` may be ``gs://`` files; they are
+copied to the launcher's disk before they are validated.
 
 On a local runner (no ``--runner``, DirectRunner, FnApiRunner, Prism) this
-runs the job exactly as the command would, and waits. On any other runner it
-builds, submits and returns without waiting, as a Flex Template launcher must.
+runs the job exactly as the command would, and waits; ``secret_env`` is read
+here, into this process's environment. On any other runner it builds,
+submits and returns without waiting, as a Flex Template launcher must; no
+secret is read at launch: ``INFLUX_TOKEN`` / ``INFLUX_PASSWORD`` become
+references (``INFLUX_TOKEN_SECRET`` …) that the InfluxDB sink reads in its
+``setup()`` on the workers, and the broker password is the
+``password_secret`` parameter, read by the MQTT readers on the workers. The
+pickled job graph staged in ``--staging_location`` holds only version names.
 """
 
 from __future__ import annotations
@@ -65,7 +70,8 @@ LOCAL_RUNNERS = frozenset({
     "FnApiRunner", "PrismRunner", "direct", "prism",
 })
 
-#: INFLUX_* variables that hold secrets: only through ``secret_env``, never as a visible parameter
+#: INFLUX_* variables that hold secrets: only through ``secret_env``, never as a visible parameter.
+#: On a remote runner each is passed as ``<name>_SECRET=<version>``, read on the workers.
 SECRET_INFLUX_KEYS = frozenset({"INFLUX_TOKEN", "INFLUX_PASSWORD"})
 
 #: template parameters that name a file the launcher reads while validating
@@ -146,7 +152,8 @@ def template_parser(params: Mapping[str, Param] | None = None) -> argparse.Argum
     parser = _Parser(prog="fleetpulse-dataflow", allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--job", required=True, choices=tuple(JOB_MODULES))
     parser.add_argument("--influx_env", help="non-secret INFLUX_* settings: NAME=value;NAME=value")
-    parser.add_argument("--secret_env", help="NAME=projects/…/secrets/…/versions/…;… read at launch")
+    parser.add_argument("--secret_env", help="NAME=projects/…/secrets/…/versions/…;…: read at launch on a "
+                                             "local runner, passed as references to remote workers")
     for param in params.values():
         parser.add_argument(f"--{param.name}", help=f"{'/'.join(param.jobs)}: {param.flag}")
     return parser
@@ -173,8 +180,17 @@ def launch_env(
     influx_env: str | None,
     secret_env: str | None,
     read_secret: Callable[[str], str] = read_gcp_secret,
+    *,
+    remote: bool = False,
 ) -> dict[str, str]:
-    """The environment the job's ``resolve`` reads: INFLUX_* settings, then secrets."""
+    """The environment the job's ``resolve`` reads: INFLUX_* settings, then secrets.
+
+    Locally each ``secret_env`` entry is read now (the run happens in this
+    process). With ``remote``, nothing is read: ``INFLUX_TOKEN`` /
+    ``INFLUX_PASSWORD`` become ``INFLUX_TOKEN_SECRET`` / ``INFLUX_PASSWORD_SECRET``
+    (the version name; the InfluxDB sink reads it on the workers), and any other
+    name is refused, since a value read here would travel in the job graph.
+    """
     env: dict[str, str] = {}
     for name, value in _pairs(influx_env or "", "influx_env"):
         if not name.startswith("INFLUX_"):
@@ -192,7 +208,17 @@ def launch_env(
         if not version.startswith("projects/") or "/secrets/" not in version or "/versions/" not in version:
             raise ConfigError(SOURCE, "secret_env", f"{version!r} is not a secret version",
                               "write projects/<project>/secrets/<name>/versions/<n or latest>")
-        env[name] = read_secret(version)
+        if not remote:
+            env[name] = read_secret(version)
+        elif name in SECRET_INFLUX_KEYS:
+            env[f"{name}_SECRET"] = version
+        else:
+            raise ConfigError(
+                SOURCE, "secret_env", f"{name} would be read at launch and travel in the job graph: "
+                "the workers do not see the launcher's environment",
+                "pass the broker password as password_secret=projects/…/versions/latest; on a remote "
+                "runner secret_env takes only INFLUX_TOKEN and INFLUX_PASSWORD",
+            )
     return env
 
 
@@ -273,14 +299,18 @@ def check_remote(launch: Launch) -> None:
     from apache_beam.options.pipeline_options import PipelineOptions, WorkerOptions
 
     runner = runner_of(launch.beam_args) or ""
-    if launch.job == "ingest":
-        # docs/STREAMING.md: the streaming file writers commit with fsync + os.replace on a
-        # local path. On remote workers that is each worker's own disk, lost with the worker.
-        raise ConfigError(
-            SOURCE, "job", f"ingest cannot run on {runner} yet: its lake and outputs are local files "
-            "(write-ahead landing, archive panes, dead letters) that would live on each worker's disk",
-            "run `fleetpulse ingest` on a VM with a local --lake; see deploy/dataflow/README.md",
-        )
+    args = command_parser(launch.job).parse_args(launch.command_argv())
+    for name in ("lake", "out"):
+        if "://" not in getattr(args, name):
+            # A local path on a remote runner is each worker's own disk, lost with the worker.
+            raise ConfigError(SOURCE, name, f"{getattr(args, name)} is a local path, which on {runner} "
+                              "would be each worker's own disk", f"give a gs:// folder for {name}")
+    if launch.job == "ingest" and args.accounts and not args.score_every_s:
+        # docs/STREAMING.md: customer scoring joins the whole history in the global window,
+        # which a stream only closes when it is drained.
+        raise ConfigError(SOURCE, "score_every_s", f"is 0, so on {runner} customer signals and alerts "
+                          "would only be computed when the job is drained",
+                          "pass score_every_s=<seconds, e.g. 3600>, or leave accounts out")
     options = PipelineOptions(list(launch.beam_args))
     if runner.endswith("DataflowRunner") and not options.view_as(WorkerOptions).sdk_container_image:
         raise ConfigError(
@@ -293,13 +323,17 @@ def resolve(launch: Launch, workdir: Path, read_secret: Callable[[str], str] = r
     """The job's validated config (IngestConfig / JobConfig), via its command's ``resolve``.
 
     Sets the launch environment (``influx_env``, ``secret_env``) in this
-    process's environment first: the commands read InfluxDB's settings and the
-    broker password from there (this process is the launcher, or the whole
-    run on a local runner).
+    process's environment first: the commands read InfluxDB's settings (and,
+    on a local runner, the broker password) from there (this process is the
+    launcher, or the whole run on a local runner). On a remote runner the
+    secrets stay references (see :func:`launch_env`).
     """
-    os.environ.update(launch_env(launch.influx_env, launch.secret_env, read_secret))
+    remote = not is_local(launch.beam_args)
+    os.environ.update(launch_env(launch.influx_env, launch.secret_env, read_secret, remote=remote))
     staged = {flag: stage_file(path, workdir) for flag, path in launch.files.items()}
     args = command_parser(launch.job).parse_args(launch.command_argv(staged))
+    # The commands decide runner-dependent settings (the ingest replay registry) from these.
+    args.beam_args = list(launch.beam_args)
     return job_module(launch.job).resolve(args)
 
 

@@ -5,15 +5,25 @@
         [--max-messages N | --idle-stop-ms MS | --stop-file PATH] [-- --runner=DataflowRunner …]
 
 Configuration is validated before anything connects. InfluxDB comes from the
-``INFLUX_*`` environment (as for ``backfill``); the broker password from the
-variable named by ``--password-env``. Arguments after ``--`` go to Beam
-unchanged; without them the job runs locally on Beam's FnApiRunner, which
-executes it as a bounded run: it reads until a stop condition (``--max-messages``
-per reader, ``--idle-stop-ms``, ``--stop-file``, or SIGINT/SIGTERM), then fires
-every window and writes the results. See docs/STREAMING.md for why.
+``INFLUX_*`` environment (as for ``backfill``; ``INFLUX_TOKEN_SECRET`` /
+``INFLUX_PASSWORD_SECRET`` name Secret Manager versions read on the workers).
+The broker password comes from ``--password-secret`` (a Secret Manager
+version, read by each reader when it starts, on the worker) or else from the
+variable named by ``--password-env`` (read by the reader, so it must be set
+where the readers run: this process on a local runner). Neither is ever part
+of the pipeline graph. Arguments after ``--`` go to Beam unchanged; without
+them the job runs locally on Beam's FnApiRunner, which executes it as a
+bounded run: it reads until a stop condition (``--max-messages`` per reader,
+``--idle-stop-ms``, ``--stop-file``, or SIGINT/SIGTERM), then fires every
+window and writes the results. See docs/STREAMING.md for why.
 
-Landing files a previous run wrote but did not finish (it was killed) are
-replayed first; a run that finishes cleanly clears them.
+``--lake`` and ``--out`` may be local folders or Beam file system URLs
+(``gs://…``). On a local runner, landing files a previous run wrote but did
+not finish (it was killed) are replayed first, and a run that finishes
+cleanly clears them. On a runner that persists committed bundles (Dataflow)
+there is nothing to replay and no such registry is kept: see
+``pipeline/ingest/sinks.py``. The landing is written on every runner unless
+``--no-land``: ``fleetpulse backfill`` reads it.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import argparse
 import logging
 import os
 import signal
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ca-file", help="CA bundle for --tls (default: the system's)")
     parser.add_argument("--username", help="broker user name")
     parser.add_argument("--password-env", default="FLEETPULSE_MQTT_PASSWORD",
-                        help="environment variable holding the broker password")
+                        help="environment variable holding the broker password (local runners)")
+    parser.add_argument("--password-secret",
+                        help="Secret Manager version holding the broker password, read on the workers: "
+                             "projects/<p>/secrets/<name>/versions/<n or latest> (needed on Dataflow)")
     parser.add_argument("--share-group", default="fleetpulse-ingest",
                         help="shared-subscription group the readers split the load in")
     parser.add_argument("--client-id-prefix", default="fleetpulse-ingest",
@@ -55,8 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", choices=("5", "3.1.1"), default="5",
                         help="MQTT version (default 5); 3.1.1 for brokers without v5: one reader, "
                              "no shared subscription")
-    parser.add_argument("--lake", required=True, help="lake root (local folder)")
-    parser.add_argument("--out", required=True, help="folder for dead letters and alerts")
+    parser.add_argument("--lake", required=True, help="lake root: a local folder or gs://…")
+    parser.add_argument("--out", required=True, help="folder for dead letters and alerts: local or gs://…")
     parser.add_argument("--accounts", help="accounts registry CSV: enables customer signals and alerts")
     parser.add_argument("--health-model", help="health model YAML (default: the packaged model)")
     parser.add_argument("--allowed-lateness-s", type=int, default=6 * 3600,
@@ -71,7 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="messages per bundle, at most the broker's in-flight window (default 100)")
     parser.add_argument("--max-messages", type=int, help="each reader stops after this many messages")
     parser.add_argument("--idle-stop-ms", type=int, help="stop after this long without a message")
-    parser.add_argument("--stop-file", help="stop reading when this file exists")
+    parser.add_argument("--stop-file", help="stop reading when this file exists (local runners; default "
+                                             "<lake>/ingest/<prefix>/stop, or in the temp folder for a gs:// lake)")
     parser.add_argument("--score-every-s", type=int, default=0,
                         help="with --accounts: also score every N seconds of processing time (a stream "
                              "that never ends); 0 (default): once, when the input ends")
@@ -79,6 +94,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not write the raw messages to the landing zone before acking "
                              "(only safe on a runner that persists committed bundles)")
     parser.add_argument("beam_args", nargs="*", help="Beam pipeline options, after --")
+
+
+def runner_of(beam_args: list[str]) -> str | None:
+    """The runner the Beam arguments name (the local default when there are none)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    runner = PipelineOptions(beam_args or local_beam_args()).view_as(StandardOptions).runner
+    return runner if isinstance(runner, str) or runner is None else type(runner).__name__
 
 
 def _positive(value: int | None, key: str, fix: str) -> None:
@@ -89,12 +112,12 @@ def _positive(value: int | None, key: str, fix: str) -> None:
 def resolve(args: argparse.Namespace) -> Any:  # -> IngestConfig
     """Validate every input without connecting; ConfigError names what is wrong."""
     from fleetpulse.pipeline.health.config import load_health_model
-    from fleetpulse.pipeline.sinks.influx import InfluxConfig
+    from fleetpulse.pipeline.sinks.influx import InfluxConfig, gcp_secret, is_secret_version
     from fleetpulse.schemas.accounts import load_accounts
 
     from .job import IngestConfig
     from .mqtt import MqttSourceConfig
-    from .sinks import pending_landing_files
+    from .sinks import is_remote, keeps_bundles_in_memory, pending_landing_files
 
     _positive(args.readers, "--readers", "give at least 1")
     _positive(args.max_messages_per_bundle, "--max-messages-per-bundle", "give 1..100")
@@ -109,18 +132,42 @@ def resolve(args: argparse.Namespace) -> Any:  # -> IngestConfig
     if args.allowed_lateness_s < 0:
         raise ConfigError(SOURCE, "--allowed-lateness-s", f"{args.allowed_lateness_s} is negative",
                           "give 0 or more seconds")
-    if "://" in args.lake:
-        raise ConfigError(SOURCE, "--lake", f"{args.lake} is not a local folder",
-                          "the streaming sinks commit with a local rename; point --lake at a folder")
-    if args.username and not os.environ.get(args.password_env):
-        raise ConfigError("environment", args.password_env, "is not set but --username is",
-                          f"export {args.password_env}=<the broker password>")
+    runner = runner_of(args.beam_args)
+    in_memory = keeps_bundles_in_memory(runner)
+    if args.username:
+        if args.password_secret:
+            if not is_secret_version(args.password_secret):
+                raise ConfigError(SOURCE, "--password-secret", f"{args.password_secret!r} is not a secret version",
+                                  "write projects/<project>/secrets/<name>/versions/<n or latest>")
+        elif not in_memory:
+            raise ConfigError(SOURCE, "--password-secret", f"is not set but --username is, and on {runner} "
+                              f"the readers run on workers that have no {args.password_env}",
+                              "pass --password-secret projects/<p>/secrets/<name>/versions/latest")
+        elif not os.environ.get(args.password_env):
+            raise ConfigError("environment", args.password_env, "is not set but --username is",
+                              f"export {args.password_env}=<the broker password>, or pass --password-secret")
+    elif args.password_secret:
+        raise ConfigError(SOURCE, "--password-secret", "is set but --username is not",
+                          "pass --username too, or leave --password-secret out")
     host, port = args.broker
-    stop_file = args.stop_file or str(Path(args.lake) / "ingest" / args.client_id_prefix / "stop")
+    if not in_memory and args.stop_file:
+        raise ConfigError(SOURCE, "--stop-file", f"is checked on each worker's own disk on {runner}",
+                          "leave it out; stop the job with the runner (Dataflow: drain)")
+    if not in_memory:
+        stop_file = None  # nothing on the launcher's disk reaches the workers
+    elif args.stop_file:
+        stop_file = args.stop_file
+    elif is_remote(args.lake):
+        # The readers check a local path; keep the default stop request beside this process.
+        stop_file = os.path.join(tempfile.gettempdir(), f"fleetpulse-ingest-{args.client_id_prefix}.stop")
+    else:
+        stop_file = str(Path(args.lake) / "ingest" / args.client_id_prefix / "stop")
+    password_secret = gcp_secret(args.password_secret) if args.username and args.password_secret else None
     try:
         source = MqttSourceConfig(
             host=host, port=port, tls=args.tls, ca_file=args.ca_file,
             username=args.username, password_env=args.password_env if args.username else None,
+            password_secret=password_secret,
             share_group=None if args.protocol == "3.1.1" else args.share_group,
             protocol=args.protocol, client_id_prefix=args.client_id_prefix,
             readers=args.readers, watermark_lag_ms=args.watermark_lag_ms,
@@ -131,7 +178,9 @@ def resolve(args: argparse.Namespace) -> Any:  # -> IngestConfig
     except ValueError as exc:
         raise ConfigError(SOURCE, "broker options", str(exc), "see fleetpulse ingest --help") from None
     land = not args.no_land
-    replay = tuple(str(p) for p in pending_landing_files(args.lake, args.client_id_prefix)) if land else ()
+    # Replay only where the registry is kept: a runner that holds committed bundles in memory
+    # (pipeline/ingest/sinks.py). On Dataflow a committed bundle is never lost: nothing to replay.
+    replay = tuple(pending_landing_files(args.lake, args.client_id_prefix)) if land and in_memory else ()
     accounts = load_accounts(args.accounts) if args.accounts else None
     return IngestConfig(
         source=source,
@@ -160,26 +209,33 @@ def local_beam_args() -> list[str]:
 
 
 def run_ingest(config: Any, beam_args: list[str]) -> Any:  # -> PipelineResult
-    """Run the job to its end; on a clean end, clear the pending landing markers."""
+    """Run the job to its end; on a clean end, clear the replay registry.
+
+    The registry (pending landing files, registered outputs) is kept only on a
+    runner that holds committed bundles in memory, as the sinks decide it from
+    the same pipeline (``sinks.keeps_bundles_in_memory``).
+    """
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
     from .job import build_pipeline
-    from .sinks import clear_pending, rollback_unfinished_outputs
+    from .sinks import clear_pending, keeps_bundles_in_memory, rollback_unfinished_outputs
 
     stop_file = config.source.stop_file
     if stop_file:
         Path(stop_file).unlink(missing_ok=True)  # a stale stop request from an earlier run
     options = PipelineOptions(beam_args or local_beam_args())
     options.view_as(StandardOptions).streaming = True
-    if config.land:
+    pipeline = build_pipeline(options, config)
+    registry = config.land and keeps_bundles_in_memory(pipeline.runner)
+    if registry:
         # What an unfinished run derived is rebuilt from its replayed inputs, once.
         removed = rollback_unfinished_outputs(config.lake, config.writer)
         if removed or config.replay:
             log.info("unfinished run: removed %d of its outputs, replaying %d landing files",
                      removed, len(config.replay))
-    result = build_pipeline(options, config).run()
+    result = pipeline.run()
     result.wait_until_finish()
-    if config.land:
+    if registry:
         clear_pending(config.lake, config.writer)
     return result
 
@@ -196,7 +252,9 @@ def run(args: argparse.Namespace) -> int:
         Path(stop_file).parent.mkdir(parents=True, exist_ok=True)
         Path(stop_file).touch()
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # No stop file on a remote runner: the workers could not see it; a signal ends this process.
+    signals = (signal.SIGINT, signal.SIGTERM) if stop_file else ()
+    previous = {sig: signal.signal(sig, request_stop) for sig in signals}
     try:
         result = run_ingest(config, list(args.beam_args))
     finally:

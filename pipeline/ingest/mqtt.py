@@ -73,7 +73,8 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from fleetpulse.errors import TransientError
+from fleetpulse.errors import TerminalError, TransientError
+from fleetpulse.pipeline.sinks.influx import SecretRef
 from fleetpulse.schemas import load_contract
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,10 @@ class MqttSourceConfig:
     #: name of the environment variable holding the password, read on the worker
     #: when connecting, so the secret never travels inside the pipeline graph
     password_env: str | None = None
+    #: a reference to the password (a ``SecretRef`` such as Beam's ``GcpSecret(version)``,
+    #: which reads Secret Manager), resolved in the reader's ``setup`` on the worker;
+    #: only the reference is in the graph. Takes precedence over ``password_env``.
+    password_secret: SecretRef | None = field(default=None, repr=False, hash=False)
     keepalive_s: int = 30
     session_expiry_s: int = 7 * 86400
     connect_timeout_s: float = 10.0
@@ -164,6 +169,24 @@ class MqttSourceConfig:
         return f"{self.client_id_prefix}-{reader}"
 
 
+def broker_password(config: MqttSourceConfig) -> str | None:
+    """The broker password, read where the readers run (the worker): from ``password_secret``,
+    else from the variable ``password_env``; None without a ``username``.
+    """
+    if not config.username:
+        return None
+    if config.password_secret is not None:
+        try:
+            return config.password_secret.get_str()
+        except RuntimeError as exc:  # GcpSecret wraps every client error in RuntimeError
+            raise TerminalError(
+                f"the broker password of {config.username!r} cannot be read from its secret ({exc}); "
+                "check the secret version and that the workers' service account has "
+                "roles/secretmanager.secretAccessor on it"
+            ) from None
+    return os.environ.get(config.password_env) if config.password_env else None
+
+
 _TS_MS = re.compile(rb'"ts_ms"\s*:\s*(\d{1,16})\b')
 
 
@@ -212,7 +235,9 @@ class ReaderSession:
         *,
         client_factory: Callable[..., Any] = mqtt.Client,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        password: str | None = None,
     ) -> None:
+        """``password``: the resolved broker password (default: :func:`broker_password`)."""
         self.config = config
         self.client_id = config.client_id(reader)
         self._clock_ms = clock_ms
@@ -247,8 +272,9 @@ class ReaderSession:
         if config.tls:
             self._client.tls_set(ca_certs=config.ca_file, cert_reqs=ssl.CERT_REQUIRED)
         if config.username:
-            password = os.environ.get(config.password_env) if config.password_env else None
-            self._client.username_pw_set(config.username, password)
+            self._client.username_pw_set(
+                config.username, password if password is not None else broker_password(config)
+            )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -461,6 +487,8 @@ class _ReadMqttFn(beam.DoFn):
 
     def setup(self) -> None:
         self._sessions: dict[int, ReaderSession] = {}
+        # Read here, on the worker, once per DoFn instance: the graph holds only the reference.
+        self._password = broker_password(self._config)
 
     def teardown(self) -> None:
         for session in self._sessions.values():
@@ -471,7 +499,9 @@ class _ReadMqttFn(beam.DoFn):
     def _session(self, reader: int) -> ReaderSession:
         session = self._sessions.get(reader)
         if session is None:
-            session = ReaderSession(self._config, reader, client_factory=self._client_factory).start()
+            session = ReaderSession(
+                self._config, reader, client_factory=self._client_factory, password=self._password
+            ).start()
             self._sessions[reader] = session
         return session
 

@@ -1,39 +1,56 @@
 """The streaming job's file sinks: one atomic file per bundle, named by its content.
 
 A stream never ends, so its files are written as it goes: each DoFn buffers a
-bundle's elements and writes them in ``finish_bundle`` to a hidden temporary
-name, fsyncs and renames into place (:func:`~fleetpulse.pipeline.lake.landing.write_atomically`).
-A reader never sees a partial file. The file name is a hash of the content,
-so a bundle the runner retries after a failure writes the same name again
-(replacing, not adding a copy).
+bundle's elements and commits them in ``finish_bundle`` with
+:func:`commit_bytes`, which writes a hidden temporary name in the same folder
+and renames it into place. A reader never sees a partial file. The file name
+is a hash of the content, so a bundle the runner retries after a failure
+writes the same name again (replacing, not adding a copy).
+
+Paths are local folders or any Beam file system (``gs://…``). Locally the
+commit is fsync + ``os.replace`` + an fsync of the folder (the file survives a
+power cut once the rename is done); elsewhere it goes through
+:class:`~apache_beam.io.filesystems.FileSystems`: ``create`` the temporary
+object, then ``rename`` it (an object store's rename is copy + delete, so the
+final object appears whole, or not at all).
 
 * :class:`LandMessages` — the write-ahead landing: raw broker messages to
   ``<lake>/landing/`` (the zone ``fleetpulse backfill`` reads) before the
   source acknowledges them. Fused with the source, it runs inside the
-  source's bundle, so the bundle finalizer (the PUBACK) comes after the fsync:
-  an acknowledged message is on disk even if the runner's memory is lost. It
-  also leaves a *pending* marker per file under
-  ``<lake>/ingest/<writer>/pending/``; a run that ends cleanly clears them, and
-  the next run replays the files still pending (:class:`ReplayLanding`).
-* Outputs derived from the stream (archive panes, JSON-lines parts) are
-  registered under ``<lake>/ingest/<writer>/outputs/`` before they are
-  written. A run that is killed leaves them registered; the next run deletes
-  them (:func:`rollback_unfinished_outputs`) before replaying the pending
-  landing files they were derived from, so a restart rebuilds them once
-  instead of adding a second copy beside them.
+  source's bundle, so the bundle finalizer (the PUBACK) comes after the
+  commit: an acknowledged message is stored even if the runner's memory is lost.
 * :class:`WriteArchivePanes` — validated, deduplicated records to
   ``<lake>/records/dt=YYYY-MM-DD/hour=HH/part-s-<hash>.parquet`` (event hour).
 * :class:`WriteJsonLinesParts` — strings to ``<folder>/part-<hash>.jsonl``
   (dead letters, alerts).
 
-Local paths only (``os.replace`` and fsync are the commit); object stores need
-a FileSystems-based commit, see docs/STREAMING.md.
+**The replay registry** (only on runners that keep committed bundles in
+memory, see :func:`keeps_bundles_in_memory`). The FnApiRunner acks a bundle
+once it holds the bundle's output in memory; a killed run loses what it had
+not yet written downstream. So each landing file also leaves a *pending*
+marker under ``<lake>/ingest/<writer>/pending/``, and outputs derived from
+the stream (archive panes, JSON-lines parts) are registered under
+``<lake>/ingest/<writer>/outputs/`` before they are written. A run that ends
+cleanly clears both (:func:`clear_pending`); the next run after a kill deletes
+the registered outputs (:func:`rollback_unfinished_outputs`) and replays the
+pending landing files (:class:`ReplayLanding`), so a restart rebuilds them
+once instead of adding a second copy beside them. The registry goes through
+FileSystems too, so a local run may keep its lake in an object store.
+
+A runner that persists committed bundles (Dataflow, Flink, …) never loses a
+committed bundle, so there is nothing to replay; and such a job never "ends
+cleanly" from the launcher's point of view, so its markers would only pile
+up (and make a later local run replay the whole history). The composites
+therefore skip the registry when their pipeline's runner is not one of
+:data:`IN_MEMORY_RUNNERS`; the landing itself is still written (the backfill
+reads it) unless the job runs with ``--no-land``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,22 +58,118 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
 from fleetpulse.pipeline.lake.archive import partition_of
-from fleetpulse.pipeline.lake.landing import (
-    LANDING_SCHEMA,
-    iter_landing_rows,
-    landing_dir,
-    write_atomically,
-)
+from fleetpulse.pipeline.lake.landing import LANDING_SCHEMA, _fsync_dir, iter_landing_rows
 from fleetpulse.pipeline.lake.schema import lake_schema
 
 from .mqtt import EventTimeFn, earliest_event_ms
 
 METRICS_NAMESPACE = "fleetpulse.pipeline.ingest_files"
+
+#: runners (class names) that keep committed bundles in memory, in this process:
+#: the replay registry exists for them. Every other runner is taken to persist them.
+IN_MEMORY_RUNNERS = frozenset({
+    "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner", "TestDirectRunner",
+    "FnApiRunner", "PrismRunner",
+})
+#: the same runners as ``--runner`` accepts them (lower case, ``Runner`` suffix optional)
+_IN_MEMORY_NAMES = frozenset(
+    {name.lower() for name in IN_MEMORY_RUNNERS} | {name.lower().removesuffix("runner") for name in IN_MEMORY_RUNNERS}
+)
+
+
+def keeps_bundles_in_memory(runner: object) -> bool:
+    """Whether ``runner`` (a runner, its class name or a ``--runner`` value) keeps committed
+    bundles only in memory; None is Beam's default, the DirectRunner (in memory)."""
+    if runner is None:
+        return True
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    return name.rsplit(".", 1)[-1].lower() in _IN_MEMORY_NAMES
+
+
+def _registry_on(pcoll: beam.PCollection) -> bool:
+    return keeps_bundles_in_memory(pcoll.pipeline.runner)
+
+
+def is_remote(path: str | Path) -> bool:
+    """True for a Beam file system URL (``gs://…``), False for a local path."""
+    return "://" in str(path)
+
+
+def join(root: str | Path, *parts: str) -> str:
+    """``root/part/…`` as a string, for a local folder or an object-store URL.
+
+    (``Path`` would fold ``gs://b`` into ``gs:/b``.)
+    """
+    root = str(root)
+    if is_remote(root):
+        return FileSystems.join(root.rstrip("/"), *parts)
+    return os.path.join(root, *parts)
+
+
+def _discard(path: str) -> None:
+    """Delete a temporary object a failed commit may have left (it may not exist)."""
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+
+
+def commit_bytes(final: str, data: bytes) -> None:
+    """Make ``data`` appear at ``final`` whole or not at all, replacing what is there.
+
+    Written first to ``.<name>.<uuid>.tmp`` in the same folder (readers match
+    ``part-*`` and so never see it; a unique name, so a zombie attempt of the
+    same bundle cannot rename another attempt's half-written object). Local:
+    fsync, ``os.replace``, fsync of the folder. Beam file systems: ``create``,
+    then ``rename`` (copy + delete on object stores: the copy appears whole).
+    """
+    if not is_remote(final):
+        folder, name = os.path.split(final)
+        os.makedirs(folder or ".", exist_ok=True)
+        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(Path(folder or "."))
+        return
+    folder, name = FileSystems.split(final)
+    tmp = FileSystems.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            handle.write(data)
+        FileSystems.rename([tmp], [final])
+    except Exception:
+        # An upload that failed half-way may still have been closed into an object.
+        _discard(tmp)
+        raise
+
+
+def parquet_bytes(table: pa.Table, compression: str = "zstd") -> bytes:
+    """``table`` as the bytes of a Parquet file."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression=compression)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def _read_table(path: str, schema: pa.Schema) -> pa.Table:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return pq.read_table(pa.BufferReader(handle.read()), schema=schema)
+
+
+def _matching(pattern: str) -> list[str]:
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def _basename(path: str) -> str:
+    return FileSystems.split(path)[1] if is_remote(path) else os.path.basename(path)
 
 
 def _digest(parts: Iterable[bytes]) -> str:
@@ -67,66 +180,87 @@ def _digest(parts: Iterable[bytes]) -> str:
     return h.hexdigest()[:24]
 
 
+def landing_folder(lake: str | Path) -> str:
+    """``<lake>/landing`` (the zone ``backfill`` reads), for a local or remote lake."""
+    return join(lake, "landing")
+
+
 def pending_dir(lake: str | Path, writer: str) -> Path:
-    """Where a writer's not-yet-processed landing files are marked."""
+    """Where a writer's not-yet-processed landing files are marked (local lake; see :func:`join`)."""
     return Path(lake) / "ingest" / writer / "pending"
 
 
-def pending_landing_files(lake: str | Path, writer: str) -> list[Path]:
-    """Landing files written by ``writer`` whose run did not end cleanly, oldest first."""
-    marks = pending_dir(lake, writer)
-    if not marks.exists():
-        return []
-    root = landing_dir(lake)
-    files: list[Path] = []
-    for mark in sorted(marks.iterdir()):
-        files.extend(root.glob(f"dt=*/{mark.name}"))
-    return sorted(files, key=lambda p: p.name)
-
-
 def outputs_dir(lake: str | Path, writer: str) -> Path:
-    """Where the outputs of a writer's unfinished run are registered."""
+    """Where the outputs of a writer's unfinished run are registered (local lake)."""
     return Path(lake) / "ingest" / writer / "outputs"
 
 
-def register_output(lake: str | Path, writer: str, path: Path) -> None:
+def _marks(lake: str | Path, writer: str, kind: str) -> str:
+    return join(lake, "ingest", writer, kind)
+
+
+def _touch(path: str, text: str = "") -> None:
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        handle.write(text.encode("utf-8"))
+
+
+def mark_pending(lake: str | Path, writer: str, landing_file: str) -> None:
+    """Record ``landing_file`` as landed by ``writer`` and not yet processed by a finished run."""
+    _touch(join(_marks(lake, writer, "pending"), _basename(landing_file)))
+
+
+def _landing_file(lake: str | Path, writer: str, rows: list[dict[str, Any]]) -> str:
+    """The landing file of a bundle: named by its first arrival time, writer and content."""
+    first = min(r["received_ms"] for r in rows)
+    digest = _digest(r["topic"].encode() + b"\0" + r["payload"] for r in rows)
+    return _landing_path(lake, f"part-{first:013d}-{writer}-{digest}.parquet")
+
+
+def _landing_path(lake: str | Path, name: str) -> str:
+    # The day folder follows from the name (its first arrival time): no listing needed.
+    first = int(name.split("-", 2)[1])
+    day = datetime.fromtimestamp(first / 1000, tz=UTC).strftime("%Y-%m-%d")
+    return join(landing_folder(lake), f"dt={day}", name)
+
+
+def pending_landing_files(lake: str | Path, writer: str) -> list[str]:
+    """Landing files written by ``writer`` whose run did not end cleanly, oldest first."""
+    names = sorted(_basename(m) for m in _matching(join(_marks(lake, writer, "pending"), "*")))
+    return [path for path in (_landing_path(lake, name) for name in names) if FileSystems.exists(path)]
+
+
+def register_output(lake: str | Path, writer: str, path: str | Path) -> None:
     """Record ``path`` as an output of the running (not yet finished) run; call before writing it."""
-    marks = outputs_dir(lake, writer)
-    marks.mkdir(parents=True, exist_ok=True)
-    text = str(Path(path).resolve())
-    (marks / hashlib.sha256(text.encode()).hexdigest()[:32]).write_text(text, "utf-8")
+    text = str(path) if is_remote(path) else str(Path(path).resolve())
+    _touch(join(_marks(lake, writer, "outputs"), hashlib.sha256(text.encode()).hexdigest()[:32]), text)
 
 
 def rollback_unfinished_outputs(lake: str | Path, writer: str) -> int:
     """Delete every output a killed run registered (its inputs are replayed); returns how many."""
-    marks = outputs_dir(lake, writer)
-    if not marks.exists():
-        return 0
     removed = 0
-    for mark in sorted(marks.iterdir()):
-        output = Path(mark.read_text("utf-8"))
-        if output.exists():
-            output.unlink()
+    for mark in _matching(join(_marks(lake, writer, "outputs"), "*")):
+        with FileSystems.open(mark, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            output = handle.read().decode("utf-8")
+        if FileSystems.exists(output):
+            FileSystems.delete([output])
             removed += 1
-        mark.unlink()
+        FileSystems.delete([mark])
     return removed
 
 
 def clear_pending(lake: str | Path, writer: str) -> int:
     """A run ended cleanly: forget its pending landing files and outputs; returns how many."""
-    removed = 0
-    for marks in (pending_dir(lake, writer), outputs_dir(lake, writer)):
-        if marks.exists():
-            for mark in marks.iterdir():
-                mark.unlink(missing_ok=True)
-                removed += 1
-    return removed
+    marks = [m for kind in ("pending", "outputs") for m in _matching(join(_marks(lake, writer, kind), "*"))]
+    if marks:
+        FileSystems.delete(marks)
+    return len(marks)
 
 
 class _LandFn(beam.DoFn):
-    def __init__(self, lake: str, writer: str) -> None:
+    def __init__(self, lake: str, writer: str, registry: bool) -> None:
         self._lake = lake
         self._writer = writer
+        self._registry = registry
         self._files = Metrics.counter(METRICS_NAMESPACE, "landing_files")
         self._rows = Metrics.counter(METRICS_NAMESPACE, "landing_rows")
 
@@ -141,31 +275,39 @@ class _LandFn(beam.DoFn):
         if not self._buffer:
             return
         rows, self._buffer = self._buffer, []
-        first = min(r["received_ms"] for r in rows)
-        day = datetime.fromtimestamp(first / 1000, tz=UTC).strftime("%Y-%m-%d")
-        digest = _digest(r["topic"].encode() + b"\0" + r["payload"] for r in rows)
-        name = f"part-{first:013d}-{self._writer}-{digest}.parquet"
         table = pa.Table.from_pylist(
             [{"topic": r["topic"], "payload": r["payload"], "received_ms": r["received_ms"]} for r in rows],
             schema=LANDING_SCHEMA,
         )
-        write_atomically(table, landing_dir(self._lake) / f"dt={day}" / name)
-        marks = pending_dir(self._lake, self._writer)
-        marks.mkdir(parents=True, exist_ok=True)
-        (marks / name).touch()
+        final = _landing_file(self._lake, self._writer, rows)
+        commit_bytes(final, parquet_bytes(table))
+        if self._registry:
+            mark_pending(self._lake, self._writer, final)
         self._files.inc()
         self._rows.inc(len(rows))
 
 
 class LandMessages(beam.PTransform):
-    """Landing rows → the same rows, after each bundle is committed to the landing zone."""
+    """Landing rows → the same rows, after each bundle is committed to the landing zone.
+
+    On a runner that keeps bundles in memory each file is also marked pending
+    (see the module docstring).
+    """
 
     def __init__(self, lake: str, writer: str, label: str | None = None) -> None:
         super().__init__(label)
         self.lake, self.writer = lake, writer
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
-        return rows | "LandBundle" >> beam.ParDo(_LandFn(self.lake, self.writer))
+        return rows | "LandBundle" >> beam.ParDo(_LandFn(self.lake, self.writer, _registry_on(rows)))
+
+
+def iter_landing_file(path: str) -> Iterator[dict[str, Any]]:
+    """Rows of one landing file, local or on a Beam file system."""
+    if not is_remote(path):
+        yield from iter_landing_rows(Path(path))
+        return
+    yield from _read_table(path, LANDING_SCHEMA).to_pylist()
 
 
 class ReplayLanding(beam.PTransform):
@@ -183,7 +325,7 @@ class ReplayLanding(beam.PTransform):
         event_time_fn = self._event_time_fn
 
         def read(path: str) -> Iterator[TimestampedValue]:
-            for row in iter_landing_rows(Path(path)):
+            for row in iter_landing_file(path):
                 ms = event_time_fn(row["topic"], row["payload"], row["received_ms"])
                 # No event time: only a dead letter can come of it; keep it out of the way.
                 yield TimestampedValue(row, MIN_TIMESTAMP if ms is None else Timestamp(micros=ms * 1000))
@@ -212,10 +354,10 @@ class _ArchivePaneFn(beam.DoFn):
                 f"{r['device_id']}\0{r['boot']}\0{r['seq']}\0{r['received_ms']}".encode() for r in rows
             )
             table = pa.Table.from_pylist(rows, schema=lake_schema())
-            final = Path(self._lake) / "records" / partition / f"part-s-{digest}.parquet"
+            final = join(self._lake, "records", *partition.split("/"), f"part-s-{digest}.parquet")
             if self._writer is not None:
                 register_output(self._lake, self._writer, final)
-            write_atomically(table, final)
+            commit_bytes(final, parquet_bytes(table))
             self._files.inc()
             self._rows.inc(len(rows))
 
@@ -224,7 +366,7 @@ class WriteArchivePanes(beam.PTransform):
     """Lake rows → one Parquet file per event-hour partition per bundle, atomically.
 
     With ``writer``, each file is registered as an output of the running run
-    (see the module docstring).
+    (on a runner that keeps bundles in memory; see the module docstring).
     """
 
     def __init__(self, lake: str, writer: str | None = None, label: str | None = None) -> None:
@@ -232,7 +374,8 @@ class WriteArchivePanes(beam.PTransform):
         self.lake, self.writer = lake, writer
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
-        return rows | "WritePanes" >> beam.ParDo(_ArchivePaneFn(self.lake, self.writer))
+        writer = self.writer if _registry_on(rows) else None
+        return rows | "WritePanes" >> beam.ParDo(_ArchivePaneFn(self.lake, writer))
 
 
 class _JsonLinesFn(beam.DoFn):
@@ -252,23 +395,18 @@ class _JsonLinesFn(beam.DoFn):
             return
         lines, self._lines = sorted(self._lines), []
         data = ("\n".join(lines) + "\n").encode("utf-8")
-        final = Path(self._folder) / f"part-{_digest([data])}.jsonl"
+        final = join(self._folder, f"part-{_digest([data])}.jsonl")
         if self._register is not None:
             register_output(*self._register, final)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
+        commit_bytes(final, data)
         self._files.inc()
 
 
 class WriteJsonLinesParts(beam.PTransform):
     """Strings → ``<folder>/part-<hash>.jsonl``, one atomic file per bundle.
 
-    ``register=(lake, writer)`` registers each file as an output of the running run.
+    ``register=(lake, writer)`` registers each file as an output of the running
+    run (on a runner that keeps bundles in memory).
     """
 
     def __init__(
@@ -278,15 +416,14 @@ class WriteJsonLinesParts(beam.PTransform):
         self.folder, self.register = folder, register
 
     def expand(self, lines: beam.PCollection) -> beam.PCollection:
-        return lines | "WriteParts" >> beam.ParDo(_JsonLinesFn(self.folder, self.register))
+        register = self.register if _registry_on(lines) else None
+        return lines | "WriteParts" >> beam.ParDo(_JsonLinesFn(self.folder, register))
 
 
 def read_json_lines_parts(folder: str | Path) -> list[str]:
     """Every line of every committed part in ``folder`` (hidden temporaries excluded)."""
-    root = Path(folder)
-    if not root.exists():
-        return []
     lines: list[str] = []
-    for part in sorted(root.glob("part-*.jsonl")):
-        lines.extend(part.read_text("utf-8").splitlines())
+    for part in _matching(join(folder, "part-*.jsonl")):
+        with FileSystems.open(part, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            lines.extend(handle.read().decode("utf-8").splitlines())
     return lines

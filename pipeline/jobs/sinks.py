@@ -50,6 +50,8 @@ class _WriteInfluxFn(beam.DoFn):
         self.rejected = Metrics.counter("influx", "dropped")
 
     def setup(self) -> None:
+        # On the worker: the sink reads the config's secret references (token_secret,
+        # password_secret) here, so only the references were pickled into the graph.
         self.sink = InfluxSink(self.config)
 
     def process(self, batch: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:

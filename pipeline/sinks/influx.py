@@ -46,6 +46,12 @@ from scratch; and when a call has more than one batch, a sender thread writes
 batch *k* while the caller encodes batch *k+1* (figures: docs/BENCHMARKS.md).
 
 Tokens and passwords are never logged and never part of a message or repr.
+On a remote runner they should not be part of the pipeline graph either: the
+config can hold a *reference* instead (``token_secret`` / ``password_secret``,
+an object with ``get_str()`` such as Beam's ``GcpSecret``; from the
+environment ``INFLUX_TOKEN_SECRET`` / ``INFLUX_PASSWORD_SECRET`` =
+``projects/<p>/secrets/<name>/versions/<v>``), which :class:`InfluxSink` reads
+when it is opened: in the Beam DoFn's ``setup``, on the worker.
 
 Use::
 
@@ -77,7 +83,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -134,8 +140,11 @@ DEFAULT_MAX_SPLIT_REQUESTS = 256
 _GZIP_LEVEL = 1
 _MAX_MESSAGE_CHARS = 1000
 
-_V2_KEYS = ("INFLUX_TOKEN", "INFLUX_ORG", "INFLUX_BUCKET")
-_V1_KEYS = ("INFLUX_DB", "INFLUX_DATABASE", "INFLUX_RP", "INFLUX_USERNAME", "INFLUX_PASSWORD")
+_V2_KEYS = ("INFLUX_TOKEN", "INFLUX_TOKEN_SECRET", "INFLUX_ORG", "INFLUX_BUCKET")
+_V1_KEYS = (
+    "INFLUX_DB", "INFLUX_DATABASE", "INFLUX_RP", "INFLUX_USERNAME", "INFLUX_PASSWORD",
+    "INFLUX_PASSWORD_SECRET",
+)
 
 #: Config field -> environment variable, for messages that name what to fix.
 ENV_NAMES: dict[str, str] = {
@@ -148,6 +157,8 @@ ENV_NAMES: dict[str, str] = {
     "retention_policy": "INFLUX_RP",
     "username": "INFLUX_USERNAME",
     "password": "INFLUX_PASSWORD",
+    "token_secret": "INFLUX_TOKEN_SECRET",
+    "password_secret": "INFLUX_PASSWORD_SECRET",
     "verify_ssl": "INFLUX_VERIFY_SSL",
     "ca_file": "INFLUX_CA_FILE",
     "timeout_ms": "INFLUX_TIMEOUT_MS",
@@ -160,12 +171,45 @@ ENV_NAMES: dict[str, str] = {
 
 
 # --------------------------------------------------------------------- config
+class SecretRef(Protocol):
+    """A reference to a secret, read where it is used (Beam's ``apache_beam.utils.secret.Secret``).
+
+    It is pickled into the pipeline instead of the value; ``get_str()`` runs on
+    the worker. Beam's ``GcpSecret(version_name)`` reads Secret Manager.
+    """
+
+    def get_str(self) -> str: ...
+
+
+def gcp_secret(version_name: str) -> SecretRef:
+    """A reference to a Secret Manager version (``projects/<p>/secrets/<s>/versions/<v>``).
+
+    Beam's ``GcpSecret``: nothing is read until ``get_str()``, which needs
+    ``google-cloud-secret-manager`` (in ``apache-beam[gcp]``, i.e. the Dataflow image).
+    """
+    from apache_beam.utils.secret import GcpSecret
+
+    return GcpSecret(version_name)
+
+
+def is_secret_version(value: str) -> bool:
+    """Whether ``value`` reads ``projects/<p>/secrets/<name>/versions/<version>``."""
+    parts = value.split("/")
+    return (
+        len(parts) == 6
+        and (parts[0], parts[2], parts[4]) == ("projects", "secrets", "versions")
+        and all(parts)
+    )
+
+
 @dataclass(frozen=True)
 class InfluxConfig:
     """Where and how to write. Secrets are kept out of ``repr``.
 
-    ``api_version`` 2 needs ``token``, ``org`` and ``bucket``; 1 needs
-    ``database`` (``retention_policy``, ``username``/``password`` optional).
+    ``api_version`` 2 needs ``token`` (or ``token_secret``), ``org`` and
+    ``bucket``; 1 needs ``database`` (``retention_policy``,
+    ``username``/``password`` optional). ``token_secret``/``password_secret``
+    are references read by :meth:`with_secrets` where the sink opens.
     """
 
     url: str
@@ -185,6 +229,30 @@ class InfluxConfig:
     backoff_initial_ms: int = 200
     backoff_max_ms: int = 10_000
     gzip: bool = True
+    #: references instead of ``token`` / ``password``, read on the worker (see the module docstring)
+    token_secret: SecretRef | None = field(default=None, repr=False, hash=False)
+    password_secret: SecretRef | None = field(default=None, repr=False, hash=False)
+
+    def with_secrets(self) -> InfluxConfig:
+        """This config with its secret references read into ``token`` / ``password``.
+
+        Call it where the sink runs (a DoFn's ``setup``): the value then exists
+        only on the worker, never in the pipeline graph. Raises TerminalError
+        when a reference cannot be read.
+        """
+        if self.token_secret is None and self.password_secret is None:
+            return self
+        return replace(
+            self,
+            token=_read_secret(self.token_secret, "token_secret") if self.token_secret else self.token,
+            password=(
+                _read_secret(self.password_secret, "password_secret")
+                if self.password_secret
+                else self.password
+            ),
+            token_secret=None,
+            password_secret=None,
+        )
 
     @property
     def base_url(self) -> str:
@@ -242,17 +310,24 @@ class InfluxConfig:
             raise fail(
                 "api_version", f"{self.api_version!r} is not 1 or 2", "set 1 (InfluxDB 1.x) or 2"
             )
+        for value, ref in (("token", "token_secret"), ("password", "password_secret")):
+            if getattr(self, value) and getattr(self, ref) is not None:
+                raise fail(
+                    ref,
+                    f"is set together with {key(value)}",
+                    f"keep one: {key(ref)} (read on the worker) or {key(value)}",
+                )
         if self.api_version == 2:
             for name, what in (
                 ("bucket", "the bucket to write to"),
                 ("org", "the organization name or ID (InfluxDB 3 ignores it: any value works)"),
                 ("token", "an API token with write permission on the bucket"),
             ):
-                if not getattr(self, name):
+                if not getattr(self, name) and not (name == "token" and self.token_secret is not None):
                     raise fail(
                         name, "is required for the InfluxDB v2 API", f"set {key(name)} to {what}"
                     )
-            for name in ("database", "retention_policy", "username", "password"):
+            for name in ("database", "retention_policy", "username", "password", "password_secret"):
                 if getattr(self, name):
                     raise fail(
                         name,
@@ -266,7 +341,7 @@ class InfluxConfig:
                     "is required for the InfluxDB 1.x API",
                     f"set {key('database')} to the database name",
                 )
-            if bool(self.username) != bool(self.password):
+            if bool(self.username) != bool(self.password or self.password_secret is not None):
                 missing, given = (
                     ("password", "username") if self.username else ("username", "password")
                 )
@@ -275,7 +350,7 @@ class InfluxConfig:
                     f"is not set but {key(given)} is",
                     f"set both {key('username')} and {key('password')}, or neither",
                 )
-            for name in ("token", "org", "bucket"):
+            for name in ("token", "token_secret", "org", "bucket"):
                 if getattr(self, name):
                     raise fail(
                         name,
@@ -377,6 +452,8 @@ class InfluxConfig:
             retention_policy=env.get("INFLUX_RP"),
             username=env.get("INFLUX_USERNAME"),
             password=env.get("INFLUX_PASSWORD"),
+            token_secret=_env_secret(env, "INFLUX_TOKEN_SECRET"),
+            password_secret=_env_secret(env, "INFLUX_PASSWORD_SECRET"),
             verify_ssl=_env_bool(env, "INFLUX_VERIFY_SSL", True),
             ca_file=env.get("INFLUX_CA_FILE"),
             timeout_ms=_env_number(env, "INFLUX_TIMEOUT_MS", cls.timeout_ms),
@@ -399,6 +476,29 @@ def _alias(
     if a is None and b is not None:
         names[name] = alias
     return a if a is not None else b
+
+
+def _env_secret(env: Mapping[str, str], key: str) -> SecretRef | None:
+    """A Secret Manager reference from ``key`` (a version name; the value is read on the worker)."""
+    version = env.get(key)
+    if version is None:
+        return None
+    if not is_secret_version(version):
+        raise ConfigError(
+            "environment", key, f"{version!r} is not a secret version",
+            f"set {key}=projects/<project>/secrets/<name>/versions/<n or latest>",
+        )
+    return gcp_secret(version)
+
+
+def _read_secret(ref: SecretRef, name: str) -> str:
+    try:
+        return ref.get_str()
+    except RuntimeError as exc:  # Beam's GcpSecret wraps every client error in RuntimeError
+        raise TerminalError(
+            f"InfluxDB {ENV_NAMES[name]} cannot be read ({exc}); check the secret version and "
+            "that the workers' service account has roles/secretmanager.secretAccessor on it"
+        ) from None
 
 
 def _env_number(env: Mapping[str, str], key: str, default: _N) -> _N:
@@ -1205,11 +1305,12 @@ class InfluxSink:
         rng: random.Random | None = None,
         max_split_requests: int = DEFAULT_MAX_SPLIT_REQUESTS,
     ) -> None:
-        self.config = config.validate()
+        # Secret references are read here, where the sink runs (the worker), not at launch.
+        self.config = config.validate().with_secrets()
         self.design = design or load_influx_design(1)
         self._encoder = PointEncoder(self.design)
         self.counters = SinkCounters()
-        self._transport = transport if transport is not None else make_transport(config)
+        self._transport = transport if transport is not None else make_transport(self.config)
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()

@@ -10,7 +10,12 @@ device hour and customer day by customer day.
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 from datetime import date
 from pathlib import Path
@@ -18,7 +23,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from fleetpulse.errors import ConfigError
 from fleetpulse.pipeline.health.config import load_health_model
+from fleetpulse.pipeline.ingest import cli as ingest_cli
 from fleetpulse.pipeline.ingest.follow import FollowConfig, Follower, marker_path, touched_days
 from fleetpulse.pipeline.ingest.job import IngestConfig
 from fleetpulse.pipeline.ingest.mqtt import MqttSourceConfig
@@ -160,3 +167,57 @@ def test_an_unfinished_restatement_runs_first_when_following_starts_again(tmp_pa
     assert follower.run() == 0
     assert restated == [(date(2026, 1, 2), date(2026, 1, 4), 80)]
     assert not marker.exists()
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    ingest_cli.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+@pytest.mark.parametrize(("extra", "key"), [
+    ([], "--follow.*needs --accounts"),
+    (["--accounts", "A", "--no-land"], "--follow.*--no-land"),
+    (["--accounts", "A", "--idle-stop-ms", "500"], "--idle-stop-ms.*runs until stopped"),
+    (["--accounts", "A", "--max-messages", "5"], "--max-messages.*runs until stopped"),
+    (["--accounts", "A", "--round-s", "0"], "--round-s.*not positive"),
+    (["--accounts", "A", "--", "--runner=DataflowRunner"], "--follow.*local runners"),
+])
+def test_follow_configuration_is_refused_at_start(extra: list[str], key: str, tmp_path: Path) -> None:
+    argv = ["--lake", str(tmp_path / "lake"), "--out", str(tmp_path / "out"), "--follow",
+            *[str(tmp_path / "accounts.csv") if a == "A" else a for a in extra]]
+    write_accounts(tmp_path / "accounts.csv")
+    with pytest.raises(ConfigError, match=key):
+        ingest_cli.resolve(_parse(*argv))
+
+
+@pytest.mark.integration
+def test_the_command_follows_until_sigterm_then_restates_and_exits_cleanly(
+        mosquitto: Server, influxdb_v1: Server, tmp_path: Path) -> None:
+    lake, accounts = tmp_path / "lake", tmp_path / "accounts.csv"
+    write_accounts(accounts)
+    create_db(influxdb_v1.port, "cli")
+    create_session(mosquitto.port, MqttSourceConfig(port=mosquitto.port, client_id_prefix=PREFIX))
+    publish(mosquitto.port, fleet_messages(days=2))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFLUX_")}
+    env.update(INFLUX_URL=f"http://127.0.0.1:{influxdb_v1.port}", INFLUX_DB="cli")
+    log = open(tmp_path / "follow.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleetpulse", "ingest", "--broker", f"127.0.0.1:{mosquitto.port}",
+         "--client-id-prefix", PREFIX, "--lake", str(lake), "--out", str(tmp_path / "out"),
+         "--accounts", str(accounts), "--follow", "--round-s", "2"],
+        env=env, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    try:
+        signals = tmp_path / "out" / "restated" / "signals"
+        wait_until(lambda: proc.poll() is not None or any(signals.glob("part-*.parquet")), 240,
+                   "a restatement wrote customer signals")
+        assert proc.poll() is None, (tmp_path / "follow.log").read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=240) == 0, (tmp_path / "follow.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert query(influxdb_v1.port, "cli", "fp_customer_daily")
+    assert not marker_path(str(lake), PREFIX).exists()
+    assert "stopped after" in (tmp_path / "follow.log").read_text()

@@ -74,6 +74,9 @@ LOCAL_RUNNERS = frozenset({
 #: On a remote runner each is passed as ``<name>_SECRET=<version>``, read on the workers.
 SECRET_INFLUX_KEYS = frozenset({"INFLUX_TOKEN", "INFLUX_PASSWORD"})
 
+#: command flags that only make sense on a local runner: not template parameters
+LOCAL_ONLY_FLAGS = frozenset({"--follow", "--round-s"})
+
 #: template parameters that name a file the launcher reads while validating
 LAUNCHER_FILES = ("accounts", "health_model")
 
@@ -134,8 +137,8 @@ def template_params() -> dict[str, Param]:
         # enumerate a parser's options, and this keeps the commands the one source of truth.
         for action in command_parser(job)._actions:
             longs = [s for s in action.option_strings if s.startswith("--")]
-            if not longs:
-                continue  # the positional beam_args
+            if not longs or longs[0] in LOCAL_ONLY_FLAGS:
+                continue  # the positional beam_args; flags of local runs only
             flag = longs[0]
             name = flag[2:].replace("-", "_")
             previous = params.get(name)

@@ -2,7 +2,8 @@
 
     fleetpulse ingest --broker broker:8883 --tls --ca-file ca.pem --username ingest \\
         --lake ./lake --out ./signals [--accounts accounts.csv] [--readers 2] \\
-        [--max-messages N | --idle-stop-ms MS | --stop-file PATH] [-- --runner=DataflowRunner …]
+        [--max-messages N | --idle-stop-ms MS | --stop-file PATH | --follow [--round-s 60]]
+        [-- --runner=DataflowRunner …]
 
 Configuration is validated before anything connects. InfluxDB comes from the
 ``INFLUX_*`` environment (as for ``backfill``; ``INFLUX_TOKEN_SECRET`` /
@@ -15,7 +16,9 @@ of the pipeline graph. Arguments after ``--`` go to Beam unchanged; without
 them the job runs locally on Beam's FnApiRunner, which executes it as a
 bounded run: it reads until a stop condition (``--max-messages`` per reader,
 ``--idle-stop-ms``, ``--stop-file``, or SIGINT/SIGTERM), then fires every
-window and writes the results. See docs/STREAMING.md for why.
+window and writes the results. See docs/STREAMING.md for why. ``--follow``
+makes that a stream without end: rounds of ``--round-s`` seconds, each one's
+days restated from the lake by the backfill (``pipeline/ingest/follow.py``).
 
 ``--lake`` and ``--out`` may be local folders or Beam file system URLs
 (``gs://…``). On a local runner, landing files a previous run wrote but did
@@ -33,6 +36,7 @@ import logging
 import os
 import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +94,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-every-s", type=int, default=0,
                         help="with --accounts: also score every N seconds of processing time (a stream "
                              "that never ends); 0 (default): once, when the input ends")
+    parser.add_argument("--follow", action="store_true",
+                        help="local runners: follow the broker without end, in rounds of --round-s, each "
+                             "restated from the lake so hours, signals and alerts are exact (needs --accounts)")
+    parser.add_argument("--round-s", type=float, default=60.0,
+                        help="with --follow: seconds a round reads before it is restated (default 60)")
     parser.add_argument("--no-land", action="store_true",
                         help="do not write the raw messages to the landing zone before acking "
                              "(only safe on a runner that persists committed bundles)")
@@ -149,6 +158,22 @@ def resolve(args: argparse.Namespace) -> Any:  # -> IngestConfig
     elif args.password_secret:
         raise ConfigError(SOURCE, "--password-secret", "is set but --username is not",
                           "pass --username too, or leave --password-secret out")
+    if args.follow:
+        if not in_memory:
+            raise ConfigError(SOURCE, "--follow", f"is for local runners; on {runner} the job streams without end",
+                              "leave --follow out (and stop the job with the runner)")
+        if not args.accounts:
+            raise ConfigError(SOURCE, "--follow", "needs --accounts: each round's restatement scores customers",
+                              "add --accounts accounts.csv")
+        if args.no_land:
+            raise ConfigError(SOURCE, "--follow", "restates from the landing zone, which --no-land turns off",
+                              "leave --no-land out")
+        for flag, value in (("--max-messages", args.max_messages), ("--idle-stop-ms", args.idle_stop_ms)):
+            if value is not None:
+                raise ConfigError(SOURCE, flag, "ends the run, but --follow runs until stopped",
+                                  f"leave {flag} out (SIGTERM stops a follower)")
+        if not args.round_s > 0:
+            raise ConfigError(SOURCE, "--round-s", f"{args.round_s} is not positive", "give seconds, e.g. 60")
     host, port = args.broker
     if not in_memory and args.stop_file:
         raise ConfigError(SOURCE, "--stop-file", f"is checked on each worker's own disk on {runner}",
@@ -240,15 +265,30 @@ def run_ingest(config: Any, beam_args: list[str]) -> Any:  # -> PipelineResult
     return result
 
 
+def follow(config: Any, args: argparse.Namespace, stop: threading.Event) -> int:
+    """``--follow``: rounds and restatements until ``stop`` (pipeline/ingest/follow.py)."""
+    from fleetpulse.pipeline.jobs.cli import local_beam_args as backfill_beam_args
+
+    from .follow import FollowConfig, Follower
+
+    follower = Follower(config, FollowConfig(round_s=args.round_s), ingest_args=list(args.beam_args),
+                        backfill_args=backfill_beam_args(), stop=stop)
+    rounds = follower.run()
+    log.info("stopped after %d rounds and %d restatements", rounds, follower.restatements)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from fleetpulse.pipeline.jobs.cli import counters
 
     config = resolve(args)
     stop_file = config.source.stop_file
+    stop = threading.Event()
 
     def request_stop(signum: int, frame: Any) -> None:
         # The source sees the file, stops reading, and the run drains and ends cleanly.
         log.info("signal %d: stopping the readers and draining", signum)
+        stop.set()
         Path(stop_file).parent.mkdir(parents=True, exist_ok=True)
         Path(stop_file).touch()
 
@@ -256,6 +296,8 @@ def run(args: argparse.Namespace) -> int:
     signals = (signal.SIGINT, signal.SIGTERM) if stop_file else ()
     previous = {sig: signal.signal(sig, request_stop) for sig in signals}
     try:
+        if args.follow:
+            return follow(config, args, stop)
         result = run_ingest(config, list(args.beam_args))
     finally:
         for sig, handler in previous.items():

@@ -174,9 +174,9 @@ def _pairs(text: str, key: str) -> list[tuple[str, str]]:
 
 def read_gcp_secret(version_name: str) -> str:
     """A Secret Manager secret version's value (``google-cloud-secret-manager``, in Beam's gcp extra)."""
-    from apache_beam.utils.secret import GcpSecret
+    from fleetpulse.pipeline.secrets import gcp_secret
 
-    return GcpSecret(version_name).get_str()
+    return gcp_secret(version_name).get_str()
 
 
 def launch_env(

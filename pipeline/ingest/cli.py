@@ -121,7 +121,8 @@ def _positive(value: int | None, key: str, fix: str) -> None:
 def resolve(args: argparse.Namespace) -> Any:  # -> IngestConfig
     """Validate every input without connecting; ConfigError names what is wrong."""
     from fleetpulse.pipeline.health.config import load_health_model
-    from fleetpulse.pipeline.sinks.influx import InfluxConfig, gcp_secret, is_secret_version
+    from fleetpulse.pipeline.secrets import gcp_secret, is_secret_version
+    from fleetpulse.pipeline.sinks.influx import InfluxConfig
     from fleetpulse.schemas.accounts import load_accounts
 
     from .job import IngestConfig

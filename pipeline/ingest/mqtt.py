@@ -73,8 +73,8 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from fleetpulse.errors import TerminalError, TransientError
-from fleetpulse.pipeline.sinks.influx import SecretRef
+from fleetpulse.errors import TransientError
+from fleetpulse.pipeline.secrets import SecretRef, read_secret
 from fleetpulse.schemas import load_contract
 
 log = logging.getLogger(__name__)
@@ -176,14 +176,7 @@ def broker_password(config: MqttSourceConfig) -> str | None:
     if not config.username:
         return None
     if config.password_secret is not None:
-        try:
-            return config.password_secret.get_str()
-        except RuntimeError as exc:  # GcpSecret wraps every client error in RuntimeError
-            raise TerminalError(
-                f"the broker password of {config.username!r} cannot be read from its secret ({exc}); "
-                "check the secret version and that the workers' service account has "
-                "roles/secretmanager.secretAccessor on it"
-            ) from None
+        return read_secret(config.password_secret, f"the broker password of {config.username!r}")
     return os.environ.get(config.password_env) if config.password_env else None
 
 

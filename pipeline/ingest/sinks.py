@@ -66,7 +66,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
 from fleetpulse.pipeline.lake.archive import partition_of
-from fleetpulse.pipeline.lake.landing import LANDING_SCHEMA, _fsync_dir, iter_landing_rows
+from fleetpulse.pipeline.lake.landing import LANDING_SCHEMA, fsync_dir, iter_landing_rows
 from fleetpulse.pipeline.lake.schema import lake_schema
 
 from .mqtt import EventTimeFn, earliest_event_ms
@@ -138,7 +138,7 @@ def commit_bytes(final: str, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, final)
-        _fsync_dir(Path(folder or "."))
+        fsync_dir(Path(folder or "."))
         return
     folder, name = FileSystems.split(final)
     tmp = FileSystems.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")

@@ -45,7 +45,8 @@ def landing_dir(lake: str | Path, zone: str = "landing") -> Path:
     return Path(lake) / zone
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (a file's fsync does not cover its directory entry)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -62,7 +63,7 @@ def write_atomically(table: pa.Table, final: Path, *, compression: str = "zstd")
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 class LandingWriter:

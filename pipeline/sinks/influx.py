@@ -88,6 +88,7 @@ from datetime import UTC
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from fleetpulse.errors import ConfigError, TerminalError, TransientError
+from fleetpulse.pipeline.secrets import SecretRef, gcp_secret, is_secret_version, read_secret
 from fleetpulse.schemas.influx import (
     DESIGN_REASONS,
     DesignViolation,
@@ -171,37 +172,6 @@ ENV_NAMES: dict[str, str] = {
 
 
 # --------------------------------------------------------------------- config
-class SecretRef(Protocol):
-    """A reference to a secret, read where it is used (Beam's ``apache_beam.utils.secret.Secret``).
-
-    It is pickled into the pipeline instead of the value; ``get_str()`` runs on
-    the worker. Beam's ``GcpSecret(version_name)`` reads Secret Manager.
-    """
-
-    def get_str(self) -> str: ...
-
-
-def gcp_secret(version_name: str) -> SecretRef:
-    """A reference to a Secret Manager version (``projects/<p>/secrets/<s>/versions/<v>``).
-
-    Beam's ``GcpSecret``: nothing is read until ``get_str()``, which needs
-    ``google-cloud-secret-manager`` (in ``apache-beam[gcp]``, i.e. the Dataflow image).
-    """
-    from apache_beam.utils.secret import GcpSecret
-
-    return GcpSecret(version_name)
-
-
-def is_secret_version(value: str) -> bool:
-    """Whether ``value`` reads ``projects/<p>/secrets/<name>/versions/<version>``."""
-    parts = value.split("/")
-    return (
-        len(parts) == 6
-        and (parts[0], parts[2], parts[4]) == ("projects", "secrets", "versions")
-        and all(parts)
-    )
-
-
 @dataclass(frozen=True)
 class InfluxConfig:
     """Where and how to write. Secrets are kept out of ``repr``.
@@ -492,13 +462,7 @@ def _env_secret(env: Mapping[str, str], key: str) -> SecretRef | None:
 
 
 def _read_secret(ref: SecretRef, name: str) -> str:
-    try:
-        return ref.get_str()
-    except RuntimeError as exc:  # Beam's GcpSecret wraps every client error in RuntimeError
-        raise TerminalError(
-            f"InfluxDB {ENV_NAMES[name]} cannot be read ({exc}); check the secret version and "
-            "that the workers' service account has roles/secretmanager.secretAccessor on it"
-        ) from None
+    return read_secret(ref, f"InfluxDB {ENV_NAMES[name]}")
 
 
 def _env_number(env: Mapping[str, str], key: str, default: _N) -> _N:

@@ -33,8 +33,8 @@ def _ours() -> list[tuple[str, dict[str, Any]]]:
             if svc.get("build", {}).get("dockerfile") == "deploy/Dockerfile"]
 
 
-def test_the_stack_runs_the_lander_the_streaming_job_and_the_backfill() -> None:
-    assert {name for name, _ in _ours()} >= {"lander", "ingest", "backfill"}
+def test_the_stack_runs_the_landers_the_streaming_job_and_the_backfill() -> None:
+    assert {name for name, _ in _ours()} >= {"lander", "status-lander", "ingest", "backfill"}
 
 
 @pytest.mark.parametrize("name", [name for name, _ in _ours()])

@@ -9,7 +9,6 @@ and hand-made edge cases.
 from __future__ import annotations
 
 import json
-import pickle
 import random
 import zlib
 from typing import Any
@@ -34,6 +33,8 @@ from fleetpulse.pipeline.transforms.columnar import (
     device_hours_from_table,
     shard_of,
     split_table,
+    table_from_ipc,
+    table_to_ipc,
 )
 from fleetpulse.pipeline.transforms.dedupe import PickSurvivorFn, record_key
 from fleetpulse.pipeline.transforms.rollups import DeviceHourFn, _device_hour_key, device_hour
@@ -197,8 +198,11 @@ def test_shards_are_stable_and_parts_are_compact() -> None:
     big = table([row(f"d{i % 50}", T0 + i, i, "heartbeat", interval_s=60) for i in range(5000)])
     parts = dict(split_table(big, shard_of(big["device_id"], 16)))
     assert sum(p.num_rows for p in parts.values()) == 5000
-    # A part is pickled on its own, not with its parent's buffers.
-    assert max(len(pickle.dumps(p)) for p in parts.values()) < len(pickle.dumps(big)) / 4
+    assert all(zlib.crc32(d.encode()) % 16 == k for k, p in parts.items() for d in p["device_id"].to_pylist())
+    # A part crosses the shuffle as IPC bytes of its own rows, not with its parent's buffers.
+    encoded = {k: table_to_ipc(p) for k, p in parts.items()}
+    assert max(map(len, encoded.values())) < len(table_to_ipc(big)) / 4
+    assert all(table_from_ipc(encoded[k]).equals(p) for k, p in parts.items())
 
 
 def test_beam_composites_match_the_per_element_transforms() -> None:

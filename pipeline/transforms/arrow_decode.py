@@ -134,7 +134,9 @@ def _array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 def _to_numpy(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A boolean Arrow result as a numpy bool array, null counted as False."""
-    return np.asarray(_array(pc.fill_null(mask, False)).to_numpy(zero_copy_only=False), dtype=bool)
+    if mask.null_count:
+        mask = pc.fill_null(mask, False)
+    return np.asarray(_array(mask).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _json_schema(contract: Contract) -> pa.Schema:
@@ -272,7 +274,17 @@ class ArrowDecoder:
             return self._decode_plain(messages[:half], parsed, out) + self._decode_plain(
                 messages[half:], parsed, out
             )
-        tables, ok = self._plain_records(messages, table.combine_chunks())
+        # One JSON block at a time: combining the blocks first would copy every column.
+        tables: list[pa.Table] = []
+        oks: list[np.ndarray] = []
+        offset = 0
+        for batch in table.to_batches():
+            block = pa.Table.from_batches([batch])
+            block_tables, block_ok = self._plain_records(messages[offset : offset + batch.num_rows], block)
+            tables += block_tables
+            oks.append(block_ok)
+            offset += batch.num_rows
+        ok = np.concatenate(oks) if oks else np.ones(0, dtype=bool)
         for m, good in zip(messages, ok.tolist(), strict=True):
             if not good:
                 parsed.append((m.topic, m.payload, m.received_ms))
@@ -308,27 +320,30 @@ class ArrowDecoder:
         valid = _to_numpy(pc.or_kleene(pc.is_null(columns["v"]), pc.equal(columns["v"], 1)))
         valid &= _to_numpy(pc.is_in(kind, value_set=self._kind_values))
         valid &= self._kind_valid(columns, (), received[parent])
-        owners: dict[str, list[str]] = {}
+        owners: dict[str, np.ndarray] = {}
         for name, specs in self.contract.kinds.items():
             owned = _to_numpy(pc.equal(kind, name))
             for spec in specs:
-                owners.setdefault(spec.name, []).append(name)
+                owners[spec.name] = owners[spec.name] | owned if spec.name in owners else owned
                 if spec.type == "quantities":
                     checked = self._quantities_valid(columns[spec.name], spec.required)
                 else:
                     checked = self._check(spec, columns[spec.name])
                 valid &= ~owned | checked
         ok[np.unique(parent[~valid])] = False
-        # A field of another kind is dropped by the Validator, so it is null here.
-        for name, kinds in owners.items():
-            mine = pc.is_in(kind, value_set=pa.array(kinds, pa.string()))
-            columns[name] = pc.if_else(mine, columns[name], pa.nulls(len(kind), columns[name].type))
-        keep = pa.array(ok[parent])
+        # A field of another kind is dropped by the Validator, so it is null here
+        # (rewritten only when some record carries one: gateways rarely send them).
+        for name, mine in owners.items():
+            column = columns[name]
+            if column.null_count == len(column):
+                continue
+            if (_to_numpy(pc.is_valid(column)) & ~mine).any():
+                columns[name] = pc.if_else(pa.array(mine), column, pa.nulls(len(column), column.type))
         at = pa.array(parent)
         stamps = {name: table[name].take(at) for name in self._stamps}
         assembled = self._assemble(stamps, columns, pa.array(received[parent]), len(records))
-        tables = [assembled.filter(keep)]
-        return tables, ok
+        kept = ok[parent]
+        return [assembled if kept.all() else assembled.filter(pa.array(kept))], ok
 
     # ------------------------------------------------------------ messages
     def decode(
@@ -366,7 +381,9 @@ class ArrowDecoder:
             good.append(_Message(topic, payload, received_ms, header, items))
         tables += self._decode_messages(good, exact_rows, out)
         tables.append(self._exact_table(exact_rows, out))
-        out.table = pa.concat_tables(tables).combine_chunks() if len(tables) > 1 else tables[0]
+        # Chunks as they come (one per JSON block): combining them would copy every column.
+        tables = [t for t in tables if t.num_rows] or [self.schema.empty_table()]
+        out.table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         return out
 
     def _decode_exactly(

@@ -27,10 +27,14 @@ millisecond). Float sums use ``math.fsum`` exactly as the per-element
 combiner does (the sum of one value is the value plus 0.0, which is what
 ``fsum`` gives); only groups of two or more values reach Python.
 
-Tables cross a shuffle as Arrow IPC streams, LZ4-compressed
-(:class:`ArrowTableCoder`, registered for ``pyarrow.Table``), not pickled, and
-every part that crosses one is a compact copy, never a slice (a
-pickled slice carries all of its parent's buffers).
+The device-shard shuffle carries Arrow IPC streams as bytes
+(:func:`table_to_ipc`, LZ4), not tables: the local FnApiRunner groups in its
+own process by decoding and re-encoding every value with the value coder, and
+bytes pass through it untouched. Parts are slices of one ordered copy of a
+decoded table; the IPC stream of a slice holds only its rows (a pickled slice
+would carry its parent's buffers). Other table PCollections that cross a stage
+boundary use :class:`ArrowTableCoder` (the same IPC streams), registered for
+``pyarrow.Table``.
 
 Counters keep the per-element paths' names: ``fleetpulse.pipeline.decode``
 (received / sent / dropped / dropped_<reason>) and
@@ -42,7 +46,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -68,6 +72,10 @@ HOUR_MS = HOUR_S * 1000
 DEFAULT_SHARDS = 16
 #: Landing messages decoded together (bounds the memory of one decode step).
 DEFAULT_CHUNK_MESSAGES = 1000
+
+#: IPC streams of tables between stages, LZ4: a third of the bytes; with worker processes
+#: they cross gRPC twice per shuffle, which costs more than compressing them
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 
 SEQ_SPAN = DEVICE_HOUR_SCHEMA.field("seq_spans").type.value_type
 #: A DeviceHour as an Arrow row: the job's device_hourly Parquet schema, one definition.
@@ -116,8 +124,10 @@ def shard_of(device_ids: pa.ChunkedArray | pa.Array, shards: int) -> np.ndarray:
 def split_table(table: pa.Table, keys: np.ndarray) -> Iterator[tuple[int, pa.Table]]:
     """``(key, rows with that key)`` for every distinct integer key.
 
-    Each part is a compact copy (``take``), not a slice: a pickled slice
-    carries its whole parent's buffers, and these parts cross a shuffle.
+    One ``take`` puts the rows in key order, then each part is a zero-copy
+    slice of that copy. A slice shares its parent's buffers: send it through
+    :func:`table_to_ipc`, which writes only the slice's rows, never as a
+    pickle (a pickled slice carries the whole parent).
     """
     if table.num_rows == 0:
         return
@@ -125,8 +135,22 @@ def split_table(table: pa.Table, keys: np.ndarray) -> Iterator[tuple[int, pa.Tab
     sorted_keys = keys[order]
     starts = np.flatnonzero(_runs(sorted_keys))
     ends = np.append(starts[1:], len(order))
+    ordered = table.take(pa.array(order))
     for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-        yield int(sorted_keys[start]), table.take(pa.array(order[start:end]))
+        yield int(sorted_keys[start]), ordered.slice(start, end - start)
+
+
+def table_to_ipc(table: pa.Table) -> bytes:
+    """``table`` as an Arrow IPC stream, LZ4-compressed (of a slice, only its rows)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def table_from_ipc(encoded: bytes) -> pa.Table:
+    """The table of :func:`table_to_ipc`."""
+    return pa.ipc.open_stream(encoded).read_all()
 
 
 # -------------------------------------------------------------------- dedupe
@@ -134,6 +158,8 @@ def split_table(table: pa.Table, keys: np.ndarray) -> Iterator[tuple[int, pa.Tab
 
 def dedupe_table(table: pa.Table) -> tuple[pa.Table, int]:
     """One row per (device_id, boot, seq), the survivor the per-element dedupe picks; and copies removed.
+
+    Survivors keep their order in ``table``.
 
     ``table`` must hold every copy of each record it holds (see the module docstring).
     """
@@ -163,7 +189,13 @@ def dedupe_table(table: pa.Table) -> tuple[pa.Table, int]:
                 best[g] = (text, position)
         for g, (_, position) in best.items():
             survivors[g] = order[position]
-    return table.take(pa.array(survivors)), n - len(survivors)
+    if len(survivors) == n:
+        return table, 0
+    # A filter in the input's order: much cheaper than a take in key order, and
+    # nothing downstream depends on the order of the survivors.
+    keep = np.zeros(n, dtype=bool)
+    keep[survivors] = True
+    return table.filter(pa.array(keep)), n - len(survivors)
 
 
 # ------------------------------------------------------------------- rollups
@@ -341,21 +373,17 @@ assert DEVICE_HOUR_ARROW.names == [f.name for f in dataclasses.fields(DeviceHour
 
 
 class ArrowTableCoder(beam.coders.Coder):
-    """Arrow tables between Beam stages as an Arrow IPC stream, LZ4-compressed.
+    """Arrow tables between Beam stages as Arrow IPC streams (:func:`table_to_ipc`).
 
-    Beam would otherwise pickle them: about 3x the bytes and slower both ways
-    for lake rows. Registered for ``pyarrow.Table``; the composites below
-    declare the table-typed outputs that cross a shuffle.
+    Beam would otherwise pickle them: more bytes, slower both ways, and a
+    pickled slice carries its parent's buffers. Registered for ``pa.Table``.
     """
 
     def encode(self, value: pa.Table) -> bytes:
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, value.schema, options=_IPC_OPTIONS) as writer:
-            writer.write_table(value)
-        return sink.getvalue().to_pybytes()
+        return table_to_ipc(value)
 
     def decode(self, encoded: bytes) -> pa.Table:
-        return pa.ipc.open_stream(encoded).read_all()
+        return table_from_ipc(encoded)
 
     def is_deterministic(self) -> bool:
         return False
@@ -364,7 +392,6 @@ class ArrowTableCoder(beam.coders.Coder):
         return pa.Table
 
 
-_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 beam.coders.registry.register_coder(pa.Table, ArrowTableCoder)
 
 
@@ -434,9 +461,12 @@ class _ShardFn(beam.DoFn):
         self._shards = shards
         self._received = Metrics.counter(dedupe_module.METRICS_NAMESPACE, "received")
 
-    def process(self, table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+    def process(self, table: pa.Table) -> Iterator[tuple[int, bytes]]:
         self._received.inc(table.num_rows)
-        yield from split_table(table, shard_of(table["device_id"], self._shards))
+        for shard, part in split_table(table, shard_of(table["device_id"], self._shards)):
+            # Bytes, not tables, through the shuffle: the local runner groups in its own
+            # process by decoding and re-encoding every value with the value coder.
+            yield shard, table_to_ipc(part)
 
 
 class _DedupeShardFn(beam.DoFn):
@@ -444,9 +474,9 @@ class _DedupeShardFn(beam.DoFn):
         self._sent = Metrics.counter(dedupe_module.METRICS_NAMESPACE, "sent")
         self._duplicates = Metrics.counter(dedupe_module.METRICS_NAMESPACE, "duplicates")
 
-    def process(self, keyed: tuple[int, Any]) -> Iterator[pa.Table]:
+    def process(self, keyed: tuple[int, Iterable[bytes]]) -> Iterator[pa.Table]:
         _, parts = keyed
-        table, duplicates = dedupe_table(pa.concat_tables(list(parts)))
+        table, duplicates = dedupe_table(pa.concat_tables([table_from_ipc(p) for p in parts]))
         self._sent.inc(table.num_rows)
         if duplicates:
             self._duplicates.inc(duplicates)
@@ -468,7 +498,7 @@ class DedupeRecordTables(beam.PTransform):
     def expand(self, tables: beam.PCollection) -> beam.PCollection:
         return (
             tables
-            | "KeyByDeviceShard" >> beam.ParDo(_ShardFn(self._shards)).with_output_types(tuple[int, pa.Table])
+            | "KeyByDeviceShard" >> beam.ParDo(_ShardFn(self._shards)).with_output_types(tuple[int, bytes])
             | "GroupShard" >> beam.GroupByKey()
             | "PickSurvivors" >> beam.ParDo(_DedupeShardFn()).with_output_types(pa.Table)
         )

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,8 +65,9 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
 from fleetpulse.pipeline.lake.archive import partition_of
-from fleetpulse.pipeline.lake.landing import LANDING_SCHEMA, fsync_dir, iter_landing_rows
+from fleetpulse.pipeline.lake.landing import LANDING_SCHEMA, iter_landing_rows
 from fleetpulse.pipeline.lake.schema import lake_schema
+from fleetpulse.pipeline.lake.storage import commit_bytes, is_remote, join, parquet_bytes
 
 from .mqtt import EventTimeFn, earliest_event_ms
 
@@ -96,67 +96,6 @@ def keeps_bundles_in_memory(runner: object) -> bool:
 
 def _registry_on(pcoll: beam.PCollection) -> bool:
     return keeps_bundles_in_memory(pcoll.pipeline.runner)
-
-
-def is_remote(path: str | Path) -> bool:
-    """True for a Beam file system URL (``gs://…``), False for a local path."""
-    return "://" in str(path)
-
-
-def join(root: str | Path, *parts: str) -> str:
-    """``root/part/…`` as a string, for a local folder or an object-store URL.
-
-    (``Path`` would fold ``gs://b`` into ``gs:/b``.)
-    """
-    root = str(root)
-    if is_remote(root):
-        return FileSystems.join(root.rstrip("/"), *parts)
-    return os.path.join(root, *parts)
-
-
-def _discard(path: str) -> None:
-    """Delete a temporary object a failed commit may have left (it may not exist)."""
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-
-
-def commit_bytes(final: str, data: bytes) -> None:
-    """Make ``data`` appear at ``final`` whole or not at all, replacing what is there.
-
-    Written first to ``.<name>.<uuid>.tmp`` in the same folder (readers match
-    ``part-*`` and so never see it; a unique name, so a zombie attempt of the
-    same bundle cannot rename another attempt's half-written object). Local:
-    fsync, ``os.replace``, fsync of the folder. Beam file systems: ``create``,
-    then ``rename`` (copy + delete on object stores: the copy appears whole).
-    """
-    if not is_remote(final):
-        folder, name = os.path.split(final)
-        os.makedirs(folder or ".", exist_ok=True)
-        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
-        fsync_dir(Path(folder or "."))
-        return
-    folder, name = FileSystems.split(final)
-    tmp = FileSystems.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            handle.write(data)
-        FileSystems.rename([tmp], [final])
-    except Exception:
-        # An upload that failed half-way may still have been closed into an object.
-        _discard(tmp)
-        raise
-
-
-def parquet_bytes(table: pa.Table, compression: str = "zstd") -> bytes:
-    """``table`` as the bytes of a Parquet file."""
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression=compression)
-    return bytes(sink.getvalue().to_pybytes())
 
 
 def _read_table(path: str, schema: pa.Schema) -> pa.Table:

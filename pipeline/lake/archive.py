@@ -18,9 +18,6 @@ live on a local disk or in object storage (gs://, s3://).
 
 from __future__ import annotations
 
-import io
-import os
-import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -28,12 +25,12 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from .landing import LANDING_SCHEMA
 from .schema import lake_schema
+from .storage import commit_bytes, parquet_bytes, table_from_ipc, table_to_ipc
 
 
 def _join(*parts: str) -> str:
@@ -67,15 +64,7 @@ class ReadLanding(beam.PTransform):
 def write_partition(lake: str, partition: str, table: pa.Table) -> str:
     """Write one event-hour partition whole (rows by device, boot, seq); returns the path."""
     final = _join(lake, "records", partition, "part-00000.parquet")
-    tmp = _join(lake, "records", partition, f".part-00000.{uuid.uuid4().hex}.tmp")
-    parent = _join(lake, "records", partition)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    if "://" not in parent:  # object stores have no folders to create
-        os.makedirs(parent, exist_ok=True)
-    with FileSystems.create(tmp) as handle:
-        handle.write(buffer.getvalue())
-    FileSystems.rename([tmp], [final])
+    commit_bytes(final, parquet_bytes(table))
     # The streaming job's panes for this hour (part-s-*) are superseded: the
     # backfill derived this file from the same landing zone they came from.
     # Removed after the new file is in place, so the hour is never missing.
@@ -130,17 +119,6 @@ class ReadLandingTables(beam.PTransform):
         )
 
 
-#: Hour parts cross the shuffle as LZ4 Arrow IPC bytes (as transforms.columnar's device shards).
-_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
-
-
-def _to_ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
 def _by_partition(table: pa.Table) -> Iterator[tuple[str, bytes]]:
     """``(partition, IPC bytes of its rows)`` per event hour of ``table``.
 
@@ -157,7 +135,7 @@ def _by_partition(table: pa.Table) -> Iterator[tuple[str, bytes]]:
     ends = np.append(starts[1:], len(hours))
     ordered = table.take(pa.array(order))
     for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-        yield partition_of(int(hours[start])), _to_ipc(ordered.slice(start, end - start))
+        yield partition_of(int(hours[start])), table_to_ipc(ordered.slice(start, end - start))
 
 
 class _WritePartitionTables(beam.DoFn):
@@ -168,7 +146,7 @@ class _WritePartitionTables(beam.DoFn):
 
     def process(self, element: tuple[str, Iterable[bytes]]) -> Iterator[str]:
         partition, parts = element
-        tables = [pa.ipc.open_stream(part).read_all() for part in parts]
+        tables = [table_from_ipc(part) for part in parts]
         table = pa.concat_tables(tables).sort_by(
             [("device_id", "ascending"), ("boot", "ascending"), ("seq", "ascending")]
         )

@@ -17,7 +17,6 @@ at most a ``.tmp`` file that readers ignore.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .storage import commit_bytes, parquet_bytes
 
 LANDING_SCHEMA = pa.schema(
     [
@@ -45,25 +46,9 @@ def landing_dir(lake: str | Path, zone: str = "landing") -> Path:
     return Path(lake) / zone
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable (a file's fsync does not cover its directory entry)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_atomically(table: pa.Table, final: Path, *, compression: str = "zstd") -> None:
-    """Write ``table`` to ``final`` so that it appears whole or not at all."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as handle:
-        pq.write_table(table, handle, compression=compression)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
+    """Write ``table`` to ``final`` so that it appears whole or not at all (:func:`.storage.commit_bytes`)."""
+    commit_bytes(str(final), parquet_bytes(table, compression))
 
 
 class LandingWriter:

@@ -57,6 +57,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from fleetpulse.pipeline.jobs.outputs import DEVICE_HOUR_SCHEMA
+from fleetpulse.pipeline.lake.storage import table_from_ipc, table_to_ipc
 from fleetpulse.pipeline.model import DeviceHour
 from fleetpulse.schemas import Contract
 
@@ -72,10 +73,6 @@ HOUR_MS = HOUR_S * 1000
 DEFAULT_SHARDS = 16
 #: Landing messages decoded together (bounds the memory of one decode step).
 DEFAULT_CHUNK_MESSAGES = 1000
-
-#: IPC streams of tables between stages, LZ4: a third of the bytes; with worker processes
-#: they cross gRPC twice per shuffle, which costs more than compressing them
-_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 
 SEQ_SPAN = DEVICE_HOUR_SCHEMA.field("seq_spans").type.value_type
 #: A DeviceHour as an Arrow row: the job's device_hourly Parquet schema, one definition.
@@ -138,19 +135,6 @@ def split_table(table: pa.Table, keys: np.ndarray) -> Iterator[tuple[int, pa.Tab
     ordered = table.take(pa.array(order))
     for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
         yield int(sorted_keys[start]), ordered.slice(start, end - start)
-
-
-def table_to_ipc(table: pa.Table) -> bytes:
-    """``table`` as an Arrow IPC stream, LZ4-compressed (of a slice, only its rows)."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-def table_from_ipc(encoded: bytes) -> pa.Table:
-    """The table of :func:`table_to_ipc`."""
-    return pa.ipc.open_stream(encoded).read_all()
 
 
 # -------------------------------------------------------------------- dedupe

@@ -16,8 +16,11 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.util import assert_that, equal_to
 
 from fleetpulse.devices.simulator.simulation import SimulationConfig
 from fleetpulse.errors import ConfigError
@@ -25,6 +28,8 @@ from fleetpulse.pipeline.health.config import load_health_model
 from fleetpulse.pipeline.jobs import cli
 from fleetpulse.pipeline.jobs.backfill import JobConfig
 from fleetpulse.pipeline.jobs.cli import run_job
+from fleetpulse.pipeline.lake.archive import ReadLandingTables
+from fleetpulse.pipeline.lake.landing import LandingWriter
 from fleetpulse.schemas.accounts import load_accounts
 
 from .test_jobs import land_fleet
@@ -125,3 +130,30 @@ def test_history_days_is_validated_at_start(tmp_path: Path) -> None:
     assert config.read_from_day == date(2026, 8, 1) - timedelta(days=warmup) and config.has_history
     assert resolve("--from", "2026-08-01").read_from_day is None  # the whole lake
     assert not resolve().has_history
+
+
+def test_a_bounded_history_skips_landing_files_that_arrived_too_early(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    day_ms = 86_400_000
+    start = int((date(2026, 3, 1) - date(1970, 1, 1)).total_seconds()) * 1000
+    for n in range(6):  # one landing file per arrival day, 2026-03-01 .. 03-06
+        writer = LandingWriter(lake)
+        writer.add("t", json.dumps({"n": n}).encode(), start + n * day_ms + 3_600_000)
+        writer.commit()
+
+    def check(since: date | None, expected: list[int]) -> None:
+        with beam.Pipeline(options=PipelineOptions(IN_PROCESS)) as p:
+            tables = p | ReadLandingTables(str(lake), since=since)
+            days = tables | beam.FlatMap(lambda t: [(ms - start) // day_ms for ms in t["received_ms"].to_pylist()])
+            assert_that(days, equal_to(expected))
+
+    check(None, [0, 1, 2, 3, 4, 5])
+    check(date(2026, 3, 4), [3, 4, 5])
+    check(date(2026, 4, 1), [])
+    # --from 03-06 with 1 day of history reads records from 03-05, so files from 03-03 on.
+    model = load_health_model(None)
+    config = JobConfig(lake=str(lake), out="o", accounts={}, model=model,
+                       from_day=date(2026, 3, 6), history_days=1)
+    assert config.landing_from_day == date(2026, 3, 3)
+    assert JobConfig(lake=str(lake), out="o", accounts={}, model=model,
+                     from_day=date(2026, 3, 6)).landing_from_day is None

@@ -115,6 +115,18 @@ class JobConfig:
         return self.from_day - timedelta(days=self.history_days)
 
     @property
+    def landing_from_day(self) -> date | None:
+        """The first arrival day (landing ``dt=`` partition) that can hold a record read.
+
+        A valid record arrives at most the contract's future skew (minutes)
+        before its event time, and a landing file is named by the arrival of
+        its first message and spans one commit interval or bundle: two days of
+        slack cover both. None: every landing file.
+        """
+        first = self.read_from_day
+        return first - timedelta(days=2) if first is not None else None
+
+    @property
     def has_history(self) -> bool:
         """Whether records before ``from_day`` are read (for scoring, not written)."""
         return self.from_day is not None and self.read_from_day != self.from_day
@@ -180,7 +192,8 @@ def _device_hours(p: beam.Pipeline, config: JobConfig) -> tuple[Any, beam.PColle
     """Landing zone → (decoded, DeviceHours of the days read); writes the period's raw archive."""
     read_from, history = config.read_from_day, config.has_history
     if config.engine == "columnar":
-        decoded = p | "ReadLanding" >> ReadLandingTables(config.lake) | "DecodeBatches" >> DecodeBatchTables()
+        landing = ReadLandingTables(config.lake, since=config.landing_from_day)
+        decoded = p | "ReadLanding" >> landing | "DecodeBatches" >> DecodeBatchTables()
         records = (
             decoded.main
             | "KeepPeriod" >> KeepPeriodTables(read_from, config.to_day)
@@ -196,7 +209,8 @@ def _device_hours(p: beam.Pipeline, config: JobConfig) -> tuple[Any, beam.PColle
             | "DeviceHours" >> DeviceHoursFromTables()
         )
         return decoded, hours
-    decoded = p | "ReadLanding" >> ReadLanding(config.lake) | "DecodeBatches" >> DecodeBatches()
+    landing = ReadLanding(config.lake, since=config.landing_from_day)
+    decoded = p | "ReadLanding" >> landing | "DecodeBatches" >> DecodeBatches()
     rows = (
         decoded.main
         | "KeepPeriod" >> KeepPeriod(read_from, config.to_day)
@@ -245,7 +259,11 @@ def build_pipeline(options: PipelineOptions, config: JobConfig) -> beam.Pipeline
     days = all_hours | "CustomerDailyUsage" >> CustomerDailyUsage(window_mode="batch")
     status = None
     if has_files(config.lake, "status"):
-        status = p | "ReadStatus" >> ReadLanding(config.lake, zone="status") | "DecodeGatewayStatus" >> DecodeGatewayStatus()
+        status = (
+            p
+            | "ReadStatus" >> ReadLanding(config.lake, zone="status", since=config.landing_from_day)
+            | "DecodeGatewayStatus" >> DecodeGatewayStatus()
+        )
         # A gateway that reported itself offline makes its customer's day low coverage.
         days = days | "MarkOfflineGateways" >> MarkOfflineGateways(status["main"])
     fleet = days | "FleetContext" >> FleetContextFrom()

@@ -18,8 +18,9 @@ live on a local disk or in object storage (gs://, s3://).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import apache_beam as beam
@@ -31,6 +32,8 @@ from apache_beam.metrics import Metrics
 from .landing import LANDING_SCHEMA
 from .schema import lake_schema
 from .storage import commit_bytes, parquet_bytes, table_from_ipc, table_to_ipc
+
+_DT = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/")
 
 
 def _join(*parts: str) -> str:
@@ -48,14 +51,37 @@ def has_files(lake: str, zone: str) -> bool:
     return bool(FileSystems.match([_join(lake, zone, "dt=*", "part-*.parquet")])[0].metadata_list)
 
 
-class ReadLanding(beam.PTransform):
-    """Every committed landing file of ``zone`` → rows ``{topic, payload, received_ms}``."""
+def _partition_day(path: str) -> date | None:
+    found = _DT.search(path)
+    return date.fromisoformat(found.group(1)) if found else None
 
-    def __init__(self, lake: str, zone: str = "landing") -> None:
+
+def landing_files_since(lake: str, zone: str, since: date) -> list[str]:
+    """Committed files of ``zone`` in ``dt=`` partitions (arrival days, UTC) from ``since`` on."""
+    pattern = _join(lake, zone, "dt=*", "part-*.parquet")
+    paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+    return sorted(p for p in paths if (day := _partition_day(p)) is None or day >= since)
+
+
+class ReadLanding(beam.PTransform):
+    """Every committed landing file of ``zone`` → rows ``{topic, payload, received_ms}``.
+
+    ``since``: only the files of arrival days (``dt=`` partitions) from that
+    day on, listed when the pipeline is built (the rest are never opened).
+    """
+
+    def __init__(self, lake: str, zone: str = "landing", since: date | None = None) -> None:
         super().__init__()
+        self.lake, self.zone, self.since = lake, zone, since
         self.pattern = _join(lake, zone, "dt=*", "part-*.parquet")
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        if self.since is not None:
+            return (
+                pbegin
+                | "LandingFiles" >> beam.Create(landing_files_since(self.lake, self.zone, self.since))
+                | "ReadParquet" >> beam.io.ReadAllFromParquet(columns=LANDING_SCHEMA.names)
+            )
         return pbegin | "ReadParquet" >> beam.io.ReadFromParquet(
             self.pattern, columns=LANDING_SCHEMA.names
         )
@@ -107,13 +133,23 @@ class WriteRawArchive(beam.PTransform):
 
 
 class ReadLandingTables(beam.PTransform):
-    """Every committed landing file of ``zone`` → Arrow tables (topic, payload, received_ms)."""
+    """Every committed landing file of ``zone`` → Arrow tables (topic, payload, received_ms).
 
-    def __init__(self, lake: str, zone: str = "landing") -> None:
+    ``since`` as for :class:`ReadLanding`.
+    """
+
+    def __init__(self, lake: str, zone: str = "landing", since: date | None = None) -> None:
         super().__init__()
+        self.lake, self.zone, self.since = lake, zone, since
         self.pattern = _join(lake, zone, "dt=*", "part-*.parquet")
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        if self.since is not None:
+            return (
+                pbegin
+                | "LandingFiles" >> beam.Create(landing_files_since(self.lake, self.zone, self.since))
+                | "ReadParquetBatched" >> beam.io.ReadAllFromParquetBatched(columns=LANDING_SCHEMA.names)
+            )
         return pbegin | "ReadParquetBatched" >> beam.io.ReadFromParquetBatched(
             self.pattern, columns=LANDING_SCHEMA.names
         )

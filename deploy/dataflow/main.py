@@ -50,6 +50,7 @@ from types import ModuleType
 from typing import IO, Any, NoReturn
 
 from fleetpulse.errors import ConfigError
+from fleetpulse.pipeline.secrets import is_secret_version
 
 log = logging.getLogger("fleetpulse.dataflow")
 
@@ -208,7 +209,7 @@ def launch_env(
         if not name.replace("_", "").isalnum() or not name[0].isalpha() or not name.isupper():
             raise ConfigError(SOURCE, "secret_env", f"{name!r} is not an environment variable name",
                               "use upper-case letters, digits and _")
-        if not version.startswith("projects/") or "/secrets/" not in version or "/versions/" not in version:
+        if not is_secret_version(version):
             raise ConfigError(SOURCE, "secret_env", f"{version!r} is not a secret version",
                               "write projects/<project>/secrets/<name>/versions/<n or latest>")
         if not remote:

@@ -117,6 +117,15 @@ class ProcessTelemetry(beam.PTransform):
         return {"records": records, "hours": hours, "days": days, "dead_letters": decoded[DEAD_LETTERS]}
 
 
+def scoring_trigger(score_every_s: int) -> Any:
+    """When customers are scored: at the end of the input; with ``score_every_s`` also early,
+    every that many seconds of processing time after new days arrived (a stream that never ends).
+    The global window's panes accumulate, so each firing scores the whole history."""
+    if score_every_s:
+        return AfterWatermark(early=AfterProcessingTime(score_every_s))
+    return AfterWatermark()
+
+
 def build_pipeline(
     options: PipelineOptions,
     config: IngestConfig,
@@ -147,8 +156,7 @@ def build_pipeline(
     point_sets = [processed["hours"] | "DevicePoints" >> beam.Map(device_hour_point)]
     if config.accounts is not None and config.model is not None:
         days = processed["days"]
-        scoring = (AfterWatermark(early=AfterProcessingTime(config.score_every_s)) if config.score_every_s
-                   else AfterWatermark())
+        scoring = scoring_trigger(config.score_every_s)
         fleet = days | "FleetContext" >> FleetContextFrom(trigger=scoring)
         scored = days | "ScoreAccounts" >> ScoreAccounts(
             config.accounts, config.model, score_account, fleet=fleet, trigger=scoring

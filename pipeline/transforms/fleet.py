@@ -224,7 +224,7 @@ def _days(first: str, last: str) -> list[str]:
 
 
 class FleetContextFrom(beam.PTransform):
-    """CustomerDay (all customers, all days) → a single fleet context, for ``AsSingleton``.
+    """CustomerDay (all customers, all days) → a single fleet context (per pane), a side input.
 
     ``make_context(**fields)`` builds the output object from the fields named
     in the module docstring (default:

@@ -73,9 +73,10 @@ class _ScoreFn(beam.DoFn):
         self._no_account = Metrics.counter(METRICS_NAMESPACE, "telemetry_without_account")
         self._skipped = Metrics.counter(METRICS_NAMESPACE, "skipped_no_fleet_telemetry")
 
-    def process(self, joined: tuple[str, Mapping[str, Any]], fleet: Any) -> Any:
+    def process(self, joined: tuple[str, Mapping[str, Any]], fleets: Any) -> Any:
         customer_id, groups = joined
         self._received.inc()
+        fleet = latest_fleet(fleets)
         accounts = list(groups["account"])
         account = accounts[0] if accounts else None
         days = one_per_day(groups["days"])
@@ -83,7 +84,7 @@ class _ScoreFn(beam.DoFn):
             self._no_account.inc()
         elif not days:
             self._no_telemetry.inc()
-        if not _has_calendar(fleet):
+        if fleet is None or not _has_calendar(fleet):
             # No telemetry from any customer: no day to score (see the module docstring).
             self._skipped.inc()
             return
@@ -93,6 +94,25 @@ class _ScoreFn(beam.DoFn):
             yield pvalue.TaggedOutput(SIGNALS, signal)
         for alert in alerts:
             yield pvalue.TaggedOutput(ALERTS, alert)
+
+
+class _StampPane(beam.DoFn):
+    """A fleet context with the index of the pane that carried it."""
+
+    def process(self, fleet: Any, pane: Any = beam.DoFn.PaneInfoParam) -> Any:
+        yield pane.index, fleet
+
+
+def latest_fleet(stamped: Any) -> Any:
+    """The fleet context of the latest pane (None before the first).
+
+    With an early trigger the fleet context fires again and again, each pane
+    accumulating the one before; a runner may keep every fired pane in the
+    side input's view (the DirectRunner does: a singleton view then fails), so
+    the view is a list and the latest pane wins.
+    """
+    latest = max(stamped, key=lambda item: item[0], default=None)
+    return None if latest is None else latest[1]
 
 
 def all_history(trigger: Any = None) -> beam.WindowInto:
@@ -149,6 +169,7 @@ class ScoreAccounts(beam.PTransform):
             {"account": accounts, "days": history}
             | "Join" >> beam.CoGroupByKey()
             | "Score"
-            >> beam.ParDo(_ScoreFn(self._model, self._score_fn), pvalue.AsSingleton(fleet))
+            >> beam.ParDo(_ScoreFn(self._model, self._score_fn),
+                          pvalue.AsList(fleet | "StampFleetPane" >> beam.ParDo(_StampPane())))
             .with_outputs(SIGNALS, ALERTS)
         )

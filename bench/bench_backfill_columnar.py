@@ -359,6 +359,8 @@ def run(quick: bool = False, records: int | None = None) -> list[Comparison]:
         # Timed runs compute the same rollups and only count them (no sink in either path).
         label = f"backfill rollups, {n:,} records ({a.num_rows:,} device-hours)"
         mode = "job runner: FnApiRunner " + " ".join(job_runner[1:3])
+        in_process = (("in-process FnApiRunner", IN_PROCESS),)
+        both = ((mode, job_runner), *in_process)
         return [
             compare(
                 f"{label}, {mode}",
@@ -370,44 +372,20 @@ def run(quick: bool = False, records: int | None = None) -> list[Comparison]:
                 repeats=3,
                 target_ratio=10.0,
             ),
-            compare(
-                f"{label}, {mode}",
-                items=n,
-                baseline=("bare pyarrow group_by, same rollups", lambda: bare_rollups(deduplicated)),
-                candidate=("columnar Beam", lambda: columnar(lake, None, job_runner)),
-                repeats=3,
-                target_ratio=0.10,
-            ),
-            compare(
-                f"{label}, in-process FnApiRunner",
-                items=n,
-                baseline=("bare pyarrow group_by, same rollups", lambda: bare_rollups(deduplicated)),
-                candidate=("columnar Beam", lambda: columnar(lake, None, IN_PROCESS)),
-                repeats=3,
-                target_ratio=0.10,
-            ),
-            compare(
-                f"{label}, {mode}",
-                items=n,
-                baseline=("bare pyarrow group_by", lambda: bare_group_by(decoded)),
-                candidate=("columnar Beam", lambda: columnar(lake, None, job_runner)),
-                repeats=3,
-                target_ratio=0.10,
-            ),
-            compare(
-                f"{label}, in-process FnApiRunner",
-                items=n,
-                baseline=("bare pyarrow group_by", lambda: bare_group_by(decoded)),
-                candidate=("columnar Beam", lambda: columnar(lake, None, IN_PROCESS)),
-                repeats=3,
-                target_ratio=0.10,
-            ),
-            compare(
-                f"{label}, in-process FnApiRunner",
-                items=n,
-                baseline=("bare pyarrow read_json + group_by", lambda: bare_json_group_by(payloads)),
-                candidate=("columnar Beam", lambda: columnar(lake, None, IN_PROCESS)),
-                repeats=3,
-                target_ratio=0.10,
+            *(
+                compare(
+                    f"{label}, {runner_label}",
+                    items=n,
+                    baseline=(name, bare),
+                    candidate=("columnar Beam", lambda runner=runner: columnar(lake, None, runner)),
+                    repeats=3,
+                    target_ratio=0.10,
+                )
+                for name, bare, runners in (
+                    ("bare pyarrow group_by, same rollups", lambda: bare_rollups(deduplicated), both),
+                    ("bare pyarrow group_by", lambda: bare_group_by(decoded), both),
+                    ("bare pyarrow read_json + group_by", lambda: bare_json_group_by(payloads), in_process),
+                )
+                for runner_label, runner in runners
             ),
         ]

@@ -221,3 +221,26 @@ def test_the_command_follows_until_sigterm_then_restates_and_exits_cleanly(
     assert query(influxdb_v1.port, "cli", "fp_customer_daily")
     assert not marker_path(str(lake), PREFIX).exists()
     assert "stopped after" in (tmp_path / "follow.log").read_text()
+
+
+def test_only_the_first_round_replays_what_a_killed_run_left(tmp_path: Path) -> None:
+    accounts = tmp_path / "accounts.csv"
+    write_accounts(accounts)
+    source = MqttSourceConfig(port=1, client_id_prefix=PREFIX, stop_file=str(tmp_path / "stop"))
+    ingest = IngestConfig(source=source, lake=str(tmp_path / "lake"), out=str(tmp_path / "out"),
+                          accounts=load_accounts(accounts), model=load_health_model(None),
+                          replay=("landing/dt=2026-01-01/part-1.parquet",))
+    stop = threading.Event()
+    rounds: list[IngestConfig] = []
+
+    def round_(config: IngestConfig, args: list[str]) -> None:
+        rounds.append(config)
+        if len(rounds) == 3:
+            stop.set()
+
+    follower = Follower(ingest, FollowConfig(round_s=60.0), ingest_args=[], backfill_args=[], stop=stop,
+                        run_round=round_, run_restatement=lambda job, args: None)
+    assert follower.run() == 3
+    assert [r.replay for r in rounds] == [ingest.replay, (), ()]
+    # Rounds only roll up hours: customers are scored by the restatements.
+    assert all(r.accounts is None and r.model is None for r in rounds)

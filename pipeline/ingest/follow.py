@@ -171,6 +171,9 @@ class Follower:
             self.run_round(self.round_config, list(self.ingest_args))
         finally:
             timer.cancel()
+        # What a killed run left to replay was taken by the first round, which
+        # ended cleanly: later rounds must not replay it again.
+        self.round_config = replace(self.round_config, replay=())
         return touched_days(before, _panes(self.ingest.lake))
 
     def run(self) -> int:

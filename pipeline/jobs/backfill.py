@@ -11,12 +11,13 @@ share every transform; only the source and the triggering differ)::
                 → ScoreAccounts ◀─ accounts, model ─┘ ─▶ (period) signals parquet, InfluxDB fp_customer_daily
                                                       └▶ (period) alerts.jsonl
 
+    ReadLanding(status) → DecodeGatewayStatus ─▶ InfluxDB fp_gateway_status (counters, drops, online)
+                        └▶ MarkOfflineGateways (a gateway reporting offline → its day is low coverage)
+
 ``--from`` / ``--to`` bound what is *written*; what is *read* reaches back
 ``history_days`` before ``--from`` (default: the whole lake), because a day's
 signals look back (trends, baselines, coverage holds, alert onsets): the
 period's outputs are then those of a run over the whole lake.
-    ReadLanding(status) → DecodeGatewayStatus ─▶ InfluxDB fp_gateway_status (counters, drops, online)
-                        └▶ MarkOfflineGateways (a gateway reporting offline → its day is low coverage)
 
 The record steps are the columnar ones (:mod:`fleetpulse.pipeline.transforms.columnar`):
 landing files are read as Arrow tables, decoded, deduplicated and rolled up

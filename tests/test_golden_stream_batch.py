@@ -106,6 +106,17 @@ def query(port: int, db: str, measurement: str) -> dict[tuple, dict[str, Any]]:
     return points
 
 
+def assert_same_points(port: int, candidate: str, expected: str,
+                       measurements: tuple[str, ...] = ("fp_device_hourly", "fp_customer_daily")) -> None:
+    """Database ``candidate`` holds exactly ``expected``'s points of ``measurements``, field by field."""
+    for measurement in measurements:
+        got, want = query(port, candidate, measurement), query(port, expected, measurement)
+        assert got, f"{candidate} holds no {measurement}"
+        assert got.keys() == want.keys(), measurement
+        for key, fields in want.items():
+            assert got[key] == pytest.approx(fields), (measurement, key)
+
+
 def run_cli(args: list[str], influx_port: int, db: str, log: Path) -> None:
     env = dict(os.environ, INFLUX_URL=f"http://127.0.0.1:{influx_port}", INFLUX_DB=db)
     with open(log, "wb") as err:
@@ -130,13 +141,7 @@ def test_streaming_and_backfill_over_the_same_lake_give_identical_rollups_and_si
     run_cli(["backfill", "--lake", str(lake), "--out", str(tmp_path / "batch"), "--accounts", str(accounts)],
             influxdb_v1.port, "batch", tmp_path / "backfill.log")
 
-    for measurement in ("fp_device_hourly", "fp_customer_daily"):
-        streamed = query(influxdb_v1.port, "stream", measurement)
-        batch = query(influxdb_v1.port, "batch", measurement)
-        assert streamed, f"the stream wrote no {measurement}"
-        assert streamed.keys() == batch.keys(), measurement
-        for key, fields in batch.items():
-            assert streamed[key] == pytest.approx(fields), (measurement, key)
+    assert_same_points(influxdb_v1.port, "stream", "batch")
     hours = query(influxdb_v1.port, "batch", "fp_device_hourly")
     assert len(hours) == 2 * 2 * 3 * 5 * 24  # every device hour, once
     days = query(influxdb_v1.port, "batch", "fp_customer_daily")

@@ -36,7 +36,13 @@ from fleetpulse.pipeline.sinks.influx import InfluxConfig
 from fleetpulse.schemas.accounts import load_accounts
 
 from .servers import Server, wait_until
-from .test_golden_stream_batch import HOUR, fleet_messages, query, write_accounts
+from .test_golden_stream_batch import (
+    HOUR,
+    assert_same_points,
+    fleet_messages,
+    query,
+    write_accounts,
+)
 from .test_ingest_job import create_db
 from .test_ingest_support import create_session, publish
 
@@ -135,13 +141,7 @@ def test_following_in_rounds_gives_the_whole_lake_numbers(
 
     run_job(JobConfig(lake=str(lake), out=str(tmp_path / "batch"), accounts=load_accounts(accounts),
                       model=load_health_model(None), influx=_influx(influxdb_v1.port, "batch")), IN_PROCESS)
-    for measurement in ("fp_device_hourly", "fp_customer_daily"):
-        followed = query(influxdb_v1.port, "follow", measurement)
-        batch = query(influxdb_v1.port, "batch", measurement)
-        assert followed, f"the follower wrote no {measurement}"
-        assert followed.keys() == batch.keys(), measurement
-        for key, fields in batch.items():
-            assert followed[key] == pytest.approx(fields), (measurement, key)
+    assert_same_points(influxdb_v1.port, "follow", "batch")
     # The restatements superseded the rounds' archive panes.
     assert not list((lake / "records").glob("dt=*/hour=*/part-s-*.parquet"))
 

@@ -40,6 +40,11 @@ def _join(*parts: str) -> str:
     return FileSystems.join(*parts) if "://" in parts[0] else "/".join(p.rstrip("/") for p in parts)
 
 
+def _landing_pattern(lake: str, zone: str) -> str:
+    """The committed files of a landing zone (temporaries start with a dot)."""
+    return _join(lake, zone, "dt=*", "part-*.parquet")
+
+
 def partition_of(ts_ms: int) -> str:
     """The event-hour partition of a record: ``dt=YYYY-MM-DD/hour=HH`` (UTC)."""
     at = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
@@ -48,7 +53,7 @@ def partition_of(ts_ms: int) -> str:
 
 def has_files(lake: str, zone: str) -> bool:
     """Whether ``zone`` holds any committed file (reading an empty pattern is an error in Beam)."""
-    return bool(FileSystems.match([_join(lake, zone, "dt=*", "part-*.parquet")])[0].metadata_list)
+    return bool(FileSystems.match([_landing_pattern(lake, zone)])[0].metadata_list)
 
 
 def _partition_day(path: str) -> date | None:
@@ -58,8 +63,7 @@ def _partition_day(path: str) -> date | None:
 
 def landing_files_since(lake: str, zone: str, since: date) -> list[str]:
     """Committed files of ``zone`` in ``dt=`` partitions (arrival days, UTC) from ``since`` on."""
-    pattern = _join(lake, zone, "dt=*", "part-*.parquet")
-    paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+    paths = [m.path for m in FileSystems.match([_landing_pattern(lake, zone)])[0].metadata_list]
     return sorted(p for p in paths if (day := _partition_day(p)) is None or day >= since)
 
 
@@ -70,20 +74,23 @@ class ReadLanding(beam.PTransform):
     day on, listed when the pipeline is built (the rest are never opened).
     """
 
+    #: Beam's reader of a file pattern, its reader of listed files, and their label
+    _read: Any = beam.io.ReadFromParquet
+    _read_all: Any = beam.io.ReadAllFromParquet
+    _label = "ReadParquet"
+
     def __init__(self, lake: str, zone: str = "landing", since: date | None = None) -> None:
         super().__init__()
         self.lake, self.zone, self.since = lake, zone, since
-        self.pattern = _join(lake, zone, "dt=*", "part-*.parquet")
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        if self.since is not None:
-            return (
-                pbegin
-                | "LandingFiles" >> beam.Create(landing_files_since(self.lake, self.zone, self.since))
-                | "ReadParquet" >> beam.io.ReadAllFromParquet(columns=LANDING_SCHEMA.names)
-            )
-        return pbegin | "ReadParquet" >> beam.io.ReadFromParquet(
-            self.pattern, columns=LANDING_SCHEMA.names
+        columns = LANDING_SCHEMA.names
+        if self.since is None:
+            return pbegin | self._label >> self._read(_landing_pattern(self.lake, self.zone), columns=columns)
+        return (
+            pbegin
+            | "LandingFiles" >> beam.Create(landing_files_since(self.lake, self.zone, self.since))
+            | self._label >> self._read_all(columns=columns)
         )
 
 
@@ -132,27 +139,15 @@ class WriteRawArchive(beam.PTransform):
         )
 
 
-class ReadLandingTables(beam.PTransform):
+class ReadLandingTables(ReadLanding):
     """Every committed landing file of ``zone`` → Arrow tables (topic, payload, received_ms).
 
     ``since`` as for :class:`ReadLanding`.
     """
 
-    def __init__(self, lake: str, zone: str = "landing", since: date | None = None) -> None:
-        super().__init__()
-        self.lake, self.zone, self.since = lake, zone, since
-        self.pattern = _join(lake, zone, "dt=*", "part-*.parquet")
-
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        if self.since is not None:
-            return (
-                pbegin
-                | "LandingFiles" >> beam.Create(landing_files_since(self.lake, self.zone, self.since))
-                | "ReadParquetBatched" >> beam.io.ReadAllFromParquetBatched(columns=LANDING_SCHEMA.names)
-            )
-        return pbegin | "ReadParquetBatched" >> beam.io.ReadFromParquetBatched(
-            self.pattern, columns=LANDING_SCHEMA.names
-        )
+    _read = beam.io.ReadFromParquetBatched
+    _read_all = beam.io.ReadAllFromParquetBatched
+    _label = "ReadParquetBatched"
 
 
 def _by_partition(table: pa.Table) -> Iterator[tuple[str, bytes]]:

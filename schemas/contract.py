@@ -61,10 +61,30 @@ class Contract:
     lake: dict[str, Any]
     identifier_re: re.Pattern[str] = field(repr=False, compare=False)
     firmware_re: re.Pattern[str] = field(repr=False, compare=False)
+    _topic_res: dict[str, re.Pattern[str]] = field(default_factory=dict, repr=False, compare=False)
 
     def topic(self, name: str, **ids: str) -> str:
         """The concrete topic ``name`` (e.g. ``gateway_batches``) for the given identifiers."""
         return self.topics[name]["pattern"].format(**ids)
+
+    def topic_ids(self, name: str, topic: str, *, prefix: str = "") -> dict[str, str] | None:
+        """The identifiers in ``topic`` (a topic of ``name`` behind ``prefix``), or None if it is not one."""
+        if not topic.startswith(prefix):
+            return None
+        match = self.topic_re(name).fullmatch(topic, len(prefix))
+        return match.groupdict() if match else None
+
+    def topic_re(self, name: str) -> re.Pattern[str]:
+        """Topic ``name``'s pattern as a regex with one named group per ``{placeholder}``."""
+        compiled = self._topic_res.get(name)
+        if compiled is None:
+            parts = re.split(r"\{(\w+)\}", self.topics[name]["pattern"])
+            # re.split with a group alternates literal text and placeholder names.
+            compiled = re.compile("".join(
+                re.escape(part) if i % 2 == 0 else f"(?P<{part}>[^/]+)" for i, part in enumerate(parts)
+            ))
+            self._topic_res[name] = compiled
+        return compiled
 
     def subscription(self, name: str) -> str:
         """The wildcard subscription that matches every topic of ``name``."""

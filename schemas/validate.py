@@ -42,6 +42,7 @@ REASONS = (
     "event_time_in_future",
     "event_time_too_old",
     "topic_mismatch",
+    "device_mismatch",
     "bad_compression",
 )
 
@@ -228,16 +229,23 @@ class Validator:
             out.append({"name": name, "value": float(number), "unit": unit})
         return out
 
+    def _version(self, value: Any, what: str) -> None:
+        # `type(...) is int`: JSON's true is Python's True, and True == 1.
+        if type(value) is not int:
+            raise InvalidTelemetry("wrong_type", f"{what} v must be an integer, got {quote(value)}")
+        if value != self.contract.version:
+            raise InvalidTelemetry(
+                "unsupported_version",
+                f"{what} v={value}, this validator speaks v{self.contract.version}",
+            )
+
     # --------------------------------------------------------------- records
     def record(self, obj: Any, *, now_ms: int | None = None) -> dict[str, Any]:
         """Return the normalized record (known fields only) or raise InvalidTelemetry."""
         if not isinstance(obj, dict):
             raise InvalidTelemetry("not_object", f"a record must be a JSON object, got {quote(obj)}")
-        version = obj.get("v", 1)
-        if version != self.contract.version:
-            raise InvalidTelemetry(
-                "unsupported_version", f"record v={quote(version)}, this validator speaks v1"
-            )
+        if "v" in obj:  # optional in a record (absent means this version), required in a batch
+            self._version(obj["v"], "record")
         out: dict[str, Any] = {}
         kinds = self.contract.kinds
         for name, check in self._common:
@@ -273,16 +281,30 @@ class Validator:
         return out
 
     def records(
-        self, items: list[Any], *, now_ms: int | None = None
+        self, items: list[Any], *, now_ms: int | None = None, device_id: str | None = None
     ) -> tuple[list[dict[str, Any]], list[Rejection]]:
-        """Validate a list of records; return (valid, rejected) — never raises."""
+        """Validate a list of records; return (valid, rejected) — never raises.
+
+        With ``device_id``, a record naming another device is ``device_mismatch``.
+        """
         valid: list[dict[str, Any]] = []
         rejected: list[Rejection] = []
         for index, item in enumerate(items):
             try:
-                valid.append(self.record(item, now_ms=now_ms))
+                record = self.record(item, now_ms=now_ms)
             except InvalidTelemetry as exc:
                 rejected.append(Rejection(exc.reason, exc.detail, index, item))
+                continue
+            if device_id is not None and record["device_id"] != device_id:
+                rejected.append(Rejection(
+                    "device_mismatch",
+                    f"record device_id={quote(record['device_id'])} on the topic of device "
+                    f"{quote(device_id)}",
+                    index,
+                    item,
+                ))
+                continue
+            valid.append(record)
         return valid, rejected
 
     # -------------------------------------------------------------- payloads
@@ -320,9 +342,14 @@ class Validator:
             raise InvalidTelemetry("not_json", "nested too deeply to parse") from None
 
     def device_payload(
-        self, payload: bytes, *, now_ms: int | None = None
+        self, payload: bytes, *, now_ms: int | None = None, device_id: str | None = None
     ) -> tuple[list[dict[str, Any]], list[Rejection]]:
-        """Decode a device message (one record or an array of them)."""
+        """Decode a device message (one record or an array of them).
+
+        ``device_id`` is the device the message's topic names: a record that
+        claims another device (spoofing, or a misconfigured device) is refused
+        as ``device_mismatch``.
+        """
         try:
             obj = self._json(payload)
         except InvalidTelemetry as exc:
@@ -335,7 +362,7 @@ class Validator:
                     f"{len(items)} records, at most {self._limits.max_records_per_message}",
                 )
             ]
-        return self.records(items, now_ms=now_ms)
+        return self.records(items, now_ms=now_ms, device_id=device_id)
 
     def envelope(
         self, payload: bytes, *, now_ms: int | None = None
@@ -350,10 +377,9 @@ class Validator:
             obj = self._json(payload, gzip_allowed=True)
             if not isinstance(obj, dict):
                 raise InvalidTelemetry("not_object", "a batch must be a JSON object")
-            if obj.get("v") != self.contract.version:
-                raise InvalidTelemetry(
-                    "unsupported_version", f"batch v={quote(obj.get('v'))}, expected 1"
-                )
+            if "v" not in obj:
+                raise InvalidTelemetry("missing_field", "batch has no v")
+            self._version(obj["v"], "batch")
             header: dict[str, Any] = {}
             for spec in self.contract.envelope:
                 if spec.name == "records":

@@ -51,6 +51,11 @@ def test_quantities_are_normalised_to_floats():
 INVALID = [
     ("not_object", [1, 2]),
     ("unsupported_version", usage(v=2)),
+    # JSON's true is Python's True, and True == 1: a bool is never an integer here.
+    ("wrong_type", usage(v=True)),
+    ("wrong_type", usage(v=1.0)),
+    ("wrong_type", usage(ts_ms=True)),
+    ("wrong_type", usage(boot=False)),
     ("missing_field", {k: v for k, v in usage().items() if k != "seq"}),
     ("missing_field", {k: v for k, v in usage().items() if k != "quantities"}),
     ("wrong_type", usage(seq="17")),
@@ -89,9 +94,28 @@ def test_each_invalid_record_names_its_reason(reason, record):
 def test_every_reason_is_exercised_somewhere():
     exercised = {r for r, _ in INVALID} | {
         "payload_too_large", "not_utf8", "not_json", "too_many_records", "topic_mismatch",
-        "bad_compression",
+        "bad_compression", "device_mismatch",
     }
     assert exercised == set(REASONS)
+
+
+def test_a_record_on_another_devices_topic_is_a_device_mismatch():
+    own, spoofed = usage(seq=1), usage(seq=2, device_id="other-customers-device")
+    payload = json.dumps([own, spoofed, usage(seq=3, device_id="bad id")]).encode()
+    valid, rejected = V.device_payload(payload, now_ms=NOW_MS, device_id=own["device_id"])
+    assert [r["seq"] for r in valid] == [1]
+    assert [(r.reason, r.index) for r in rejected] == [("device_mismatch", 1), ("bad_identifier", 2)]
+    assert "other-customers-device" in rejected[0].detail and rejected[0].record == spoofed
+
+
+def test_a_batch_without_a_version_is_missing_a_field_and_a_bool_version_is_not_an_integer():
+    batch = {"customer_id": "c1", "site_id": "s1", "gateway_id": "g1", "batch_seq": 1,
+             "sent_ms": NOW_MS, "records": [usage()]}
+    assert [r.reason for r in V.envelope(json.dumps(batch).encode(), now_ms=NOW_MS)[2]] == [
+        "missing_field"]
+    for version in (True, "1", 1.0):
+        payload = json.dumps({**batch, "v": version}).encode()
+        assert [r.reason for r in V.envelope(payload, now_ms=NOW_MS)[2]] == ["wrong_type"]
 
 
 def test_device_payload_array_keeps_good_records_and_rejects_bad_ones():

@@ -89,7 +89,7 @@ class _EnvelopeOnly(Validator):
     """
 
     def records(
-        self, items: list[Any], *, now_ms: int | None = None
+        self, items: list[Any], *, now_ms: int | None = None, device_id: str | None = None
     ) -> tuple[list[dict[str, Any]], list[Rejection]]:
         return list(items), []
 
@@ -317,7 +317,7 @@ class ArrowDecoder:
             columns["quantities"] = _as_quantity_list(columns["quantities"])
         kind = columns["kind"]
         # Every record at once: the common rules, then each kind's fields where the kind owns them.
-        valid = _to_numpy(pc.or_kleene(pc.is_null(columns["v"]), pc.equal(columns["v"], 1)))
+        valid = _to_numpy(pc.or_kleene(pc.is_null(columns["v"]), pc.equal(columns["v"], self.contract.version)))
         valid &= _to_numpy(pc.is_in(kind, value_set=self._kind_values))
         valid &= self._kind_valid(columns, (), received[parent])
         owners: dict[str, np.ndarray] = {}
@@ -470,10 +470,11 @@ class ArrowDecoder:
         if bad is not None:
             ok &= ~bad
             records = [r if r is not None else {} for r in records]
-        # The version: absent means 1; the Validator compares with ==, so count() agrees with it.
-        versions = [r.get("v", 1) for r in records]
-        if versions.count(1) != n:
-            ok &= np.fromiter((v == 1 for v in versions), dtype=bool, count=n)
+        # The version: absent means 1; present, it must be the int 1 (True == 1 and 1.0 == 1 are not).
+        version = self.contract.version
+        versions = [r.get("v", version) for r in records]
+        if not all(type(v) is int and v == version for v in versions):
+            ok &= np.fromiter((type(v) is int and v == version for v in versions), dtype=bool, count=n)
         kinds, _ = _typed([r.get("kind") for r in records], (str,))
         kind_array = pa.array(kinds, pa.string())
         headers = {

@@ -25,7 +25,6 @@ reason (the reasons are the bounded set :data:`fleetpulse.schemas.REASONS`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,17 +40,6 @@ METRICS_NAMESPACE = "fleetpulse.pipeline.decode"
 DEAD_LETTERS = "dead_letters"
 SOURCE = "pipeline"
 TOPIC = "gateway_batches"
-
-
-def topic_regex(contract: Contract, name: str = TOPIC) -> re.Pattern[str]:
-    """A regex with one named group per ``{placeholder}`` of topic ``name``'s pattern."""
-    pattern = contract.topics[name]["pattern"]
-    parts = re.split(r"\{(\w+)\}", pattern)
-    # re.split with a group alternates literal text and placeholder names.
-    regex = "".join(
-        re.escape(part) if i % 2 == 0 else f"(?P<{part}>[^/]+)" for i, part in enumerate(parts)
-    )
-    return re.compile(regex)
 
 
 #: A dead letter before it becomes a row: (rejection, topic, at_ms, payload)
@@ -71,7 +59,7 @@ class LandingDecoder:
         self.contract = contract or load_contract(1)
         self.validator = Validator(self.contract)
         self.columns = lake_columns(self.contract)
-        self._topic_re = topic_regex(self.contract)
+        self._topic_re = self.contract.topic_re(TOPIC)
         self._stamp_fields: tuple[str, ...] = tuple(self.contract.lake["stamp_fields"])
 
     def decode(self, landing: Any) -> tuple[list[dict[str, Any]], list[Dead]]:

@@ -401,6 +401,45 @@ class Validator:
         return header, valid, rejected
 
 
+#: How deep a rejected record is kept as it was; deeper parts become their quoted text.
+DEAD_LETTER_MAX_DEPTH = 32
+
+
+def _encodable(value: Any, depth: int = 0) -> Any:
+    """``value`` (as ``json.loads`` gives it) with every string made valid UTF-8.
+
+    A JSON text may escape a lone surrogate (``"\\ud800"``): valid JSON, but no
+    UTF-8 encoder (a file, Beam's coders, Arrow) takes the resulting string.
+    Such a string is kept as its escaped text (``\\ud800``, backslash and all),
+    so a dead letter shows what came and can always be written. Nesting past
+    :data:`DEAD_LETTER_MAX_DEPTH` is kept as quoted text.
+    """
+    if isinstance(value, str):
+        return value if value.isascii() or _utf8_ok(value) else value.encode(
+            "utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict | list) and depth >= DEAD_LETTER_MAX_DEPTH:
+        return quote(value, 240)
+    if isinstance(value, dict):
+        return {_encodable(key): _encodable(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_encodable(item, depth + 1) for item in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return quote(value, 240)  # not from JSON: a source bug, still kept as text
+
+
+def _utf8_prefix(payload: bytes, limit: int) -> str | None:
+    """The first ``limit`` bytes of ``payload`` as text, or None when they are not UTF-8."""
+    head = payload[:limit]
+    try:
+        return head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A cut inside a multi-byte character is the sample's doing, not the payload's.
+        if len(payload) > limit and exc.start >= len(head) - 3 and exc.reason == "unexpected end of data":
+            return head[: exc.start].decode("utf-8")
+        return None
+
+
 def dead_letter(
     rejection: Rejection,
     *,
@@ -408,27 +447,46 @@ def dead_letter(
     topic: str | None,
     at_ms: int,
     payload: bytes | None = None,
+    sample_bytes: int | None = None,
 ) -> dict[str, Any]:
-    """The JSON-serialisable dead-letter row for a rejection (the same shape everywhere).
+    """The dead-letter row for a rejection (the same shape everywhere); always encodable.
 
     A rejected record is kept as decoded; a payload rejected as a whole is kept
     raw (as text when it is UTF-8, otherwise base64) so it can be replayed.
+    Every string in the row is valid UTF-8 (see :func:`_encodable`), so the row
+    goes through ``json.dumps(ensure_ascii=False)`` into a UTF-8 file, through
+    Beam's coders and into Arrow whatever the input held.
+
+    ``sample_bytes`` keeps only a sample where space is scarce (a gateway's SD
+    card): the payload's first ``sample_bytes`` bytes, and a record whose JSON
+    is longer as the first ``sample_bytes`` characters of that JSON text.
+    ``payload_bytes`` is the size of a kept payload and ``truncated`` says
+    whether anything was cut.
     """
     row: dict[str, Any] = {
         "at_ms": at_ms,
-        "source": source,
-        "topic": topic,
+        "source": _encodable(source),
+        "topic": _encodable(topic),
         "reason": rejection.reason,
-        "detail": rejection.detail,
+        "detail": _encodable(rejection.detail),
         "index": rejection.index,
-        "record": rejection.record if rejection.index is not None else None,
+        "record": _encodable(rejection.record) if rejection.index is not None else None,
         "payload": None,
         "payload_encoding": None,
+        "payload_bytes": None,
+        "truncated": False,
     }
+    if sample_bytes is not None and row["record"] is not None:
+        text = json.dumps(row["record"], ensure_ascii=False, separators=(",", ":"))
+        if len(text) > sample_bytes:
+            row["record"], row["truncated"] = text[:sample_bytes], True
     if rejection.index is None and payload is not None:
-        try:
-            row["payload"], row["payload_encoding"] = payload.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            row["payload"] = base64.b64encode(payload).decode("ascii")
+        limit = len(payload) if sample_bytes is None else sample_bytes
+        text = _utf8_prefix(payload, limit)
+        if text is not None:
+            row["payload"], row["payload_encoding"] = text, "utf-8"
+        else:
+            row["payload"] = base64.b64encode(payload[:limit]).decode("ascii")
             row["payload_encoding"] = "base64"
+        row["payload_bytes"], row["truncated"] = len(payload), len(payload) > limit
     return row

@@ -210,3 +210,28 @@ def test_hostile_values_are_rejections_not_crashes(change, reason):
 
 def test_a_payload_nested_too_deeply_is_not_json():
     assert [r.reason for r in Validator(load_contract()).device_payload(b"[" * 100_000)[1]] == ["not_json"]
+
+
+def test_a_dead_letter_is_valid_utf8_whatever_the_record_held():
+    # A lone surrogate is valid JSON ("\ud800") but no UTF-8 encoder takes it.
+    hostile = json.dumps([usage(fw="\ud800"), {"\udfff": ["\ud800" * 3], "seq": [[[[1]]]]}]).encode()
+    _, rejected = V.device_payload(hostile, now_ms=NOW_MS)
+    assert len(rejected) == 2
+    for rejection in rejected:
+        row = dead_letter(rejection, source="pipeline", topic="t\udc80", at_ms=1)
+        json.dumps(row, ensure_ascii=False).encode("utf-8")  # the collector's file, Beam's coders
+    assert row["record"] == {"\\udfff": ["\\ud800\\ud800\\ud800"], "seq": [[[[1]]]]}
+
+
+def test_a_dead_letter_sample_is_cut_and_says_so():
+    payload = ("é" * 200).encode()  # not JSON; two bytes a character
+    _, rejected = V.device_payload(payload, now_ms=NOW_MS)
+    row = dead_letter(rejected[0], source="gateway:g1", topic="t", at_ms=1, payload=payload,
+                      sample_bytes=101)
+    assert row["payload"] == "é" * 50 and row["payload_encoding"] == "utf-8"  # not cut mid-character
+    assert row["payload_bytes"] == 400 and row["truncated"] is True
+    whole = dead_letter(rejected[0], source="gateway:g1", topic="t", at_ms=1, payload=payload)
+    assert whole["payload"] == "é" * 200 and whole["truncated"] is False
+    _, rejected = V.device_payload(json.dumps([usage(fw="x" * 500)]).encode(), now_ms=NOW_MS)
+    row = dead_letter(rejected[0], source="gateway:g1", topic="t", at_ms=1, sample_bytes=64)
+    assert isinstance(row["record"], str) and len(row["record"]) == 64 and row["truncated"] is True

@@ -127,7 +127,7 @@ def test_decode_routes_each_rejection_to_dead_letters_and_keeps_valid_rows() -> 
         equal_to([{
             "at_ms": RECEIVED, "source": "pipeline", "topic": topic(), "reason": "missing_field",
             "detail": "record has no seq", "index": 2, "record": NO_SEQ,
-            "payload": None, "payload_encoding": None,
+            "payload": None, "payload_encoding": None, "payload_bytes": None, "truncated": False,
         }]),
         label="dead letter row",
     )

@@ -482,9 +482,9 @@ def dead_letter(
             row["record"], row["truncated"] = text[:sample_bytes], True
     if rejection.index is None and payload is not None:
         limit = len(payload) if sample_bytes is None else sample_bytes
-        text = _utf8_prefix(payload, limit)
-        if text is not None:
-            row["payload"], row["payload_encoding"] = text, "utf-8"
+        sample = _utf8_prefix(payload, limit)
+        if sample is not None:
+            row["payload"], row["payload_encoding"] = sample, "utf-8"
         else:
             row["payload"] = base64.b64encode(payload[:limit]).decode("ascii")
             row["payload_encoding"] = "base64"

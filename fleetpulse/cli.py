@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import __version__
-from .errors import ConfigError
+from .errors import ConfigError, TerminalError
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One line naming the file, the key and the fix; no traceback.
         print(f"fleetpulse {command.name}: {exc}", file=sys.stderr)
         return 2
+    except TerminalError as exc:
+        # A peer refused for good (a certificate that does not verify, credentials
+        # refused): retrying cannot help, so stop with one line naming the setting.
+        print(f"fleetpulse {command.name}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

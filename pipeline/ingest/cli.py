@@ -282,6 +282,9 @@ def follow(config: Any, args: argparse.Namespace, stop: threading.Event) -> int:
 def run(args: argparse.Namespace) -> int:
     from fleetpulse.pipeline.jobs.cli import counters
 
+    from .mqtt import check_broker
+    from .sinks import keeps_bundles_in_memory
+
     config = resolve(args)
     stop_file = config.source.stop_file
     stop = threading.Event()
@@ -297,6 +300,10 @@ def run(args: argparse.Namespace) -> int:
     signals = (signal.SIGINT, signal.SIGTERM) if stop_file else ()
     previous = {sig: signal.signal(sig, request_stop) for sig in signals}
     try:
+        # A certificate that does not verify stops here with one line (TlsRefused, exit 1);
+        # locally, an unreachable broker is waited for (a signal ends the wait).
+        if not check_broker(config.source, stop, wait=keeps_bundles_in_memory(runner_of(args.beam_args))):
+            return 0
         if args.follow:
             return follow(config, args, stop)
         result = run_ingest(config, list(args.beam_args))

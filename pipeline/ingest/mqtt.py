@@ -55,7 +55,7 @@ import collections
 import logging
 import os
 import re
-import ssl
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -73,11 +73,15 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from fleetpulse import mqtt_tls
 from fleetpulse.errors import TransientError
 from fleetpulse.pipeline.secrets import SecretRef, read_secret
 from fleetpulse.schemas import load_contract
 
 log = logging.getLogger(__name__)
+
+#: the command-line settings a TLS refusal names (see fleetpulse.mqtt_tls)
+TLS_SETTINGS = mqtt_tls.TlsSettings(ca_key="--ca-file", host_key="--broker")
 
 METRICS_NAMESPACE = "fleetpulse.pipeline.mqtt"
 #: how the watermark moves while no message arrives (see the module docstring)
@@ -167,6 +171,36 @@ class MqttSourceConfig:
     def client_id(self, reader: int) -> str:
         """The fixed client id of reader ``reader``: the same on every restart."""
         return f"{self.client_id_prefix}-{reader}"
+
+
+def check_broker(config: MqttSourceConfig, stop: threading.Event, *, wait: bool = True) -> bool:
+    """Before a job starts: wait until the broker answers, and verify its TLS certificate.
+
+    The readers connect later, on the workers, where a certificate that does
+    not verify would only fail bundles; checked here, the job stops at start
+    with one line naming the setting (TlsRefused). A bare TCP/TLS handshake:
+    no MQTT session is opened or taken over. Returns False when ``stop`` was
+    set while waiting for an unreachable broker. ``wait=False`` (the workers
+    run elsewhere and may reach what this machine cannot) tries once and
+    only warns when the broker cannot be reached from here.
+    """
+    def attempt() -> None:
+        if config.tls:
+            mqtt_tls.check_tls(config.host, config.port, config.ca_file, TLS_SETTINGS,
+                               timeout_s=config.connect_timeout_s)
+        else:
+            try:
+                socket.create_connection((config.host, config.port), config.connect_timeout_s).close()
+            except OSError as exc:
+                raise TransientError(f"cannot reach MQTT broker {config.host}:{config.port}: {exc}") from None
+
+    if wait:
+        return mqtt_tls.until_reachable(attempt, stop)
+    try:
+        attempt()
+    except TransientError as exc:
+        log.warning("%s from this machine; the workers will try from theirs", exc)
+    return True
 
 
 def broker_password(config: MqttSourceConfig) -> str | None:
@@ -263,7 +297,7 @@ class ReaderSession:
                 manual_ack=True,
             )
         if config.tls:
-            self._client.tls_set(ca_certs=config.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+            self._client.tls_set_context(mqtt_tls.client_context(config.ca_file, TLS_SETTINGS))
         if config.username:
             self._client.username_pw_set(
                 config.username, password if password is not None else broker_password(config)
@@ -275,19 +309,18 @@ class ReaderSession:
     # ------------------------------------------------------------ lifecycle
     def start(self) -> ReaderSession:
         cfg = self.config
+        kwargs: dict[str, Any] = {"keepalive": cfg.keepalive_s}
+        if cfg.protocol != "3.1.1":
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = cfg.session_expiry_s
+            properties.ReceiveMaximum = cfg.receive_maximum
+            kwargs.update(clean_start=False, properties=properties)
         try:
-            if cfg.protocol == "3.1.1":
-                self._client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
-            else:
-                properties = Properties(PacketTypes.CONNECT)
-                properties.SessionExpiryInterval = cfg.session_expiry_s
-                properties.ReceiveMaximum = cfg.receive_maximum
-                self._client.connect(
-                    cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=False, properties=properties
-                )
-        except OSError as exc:
+            # TransientError when unreachable; TlsRefused (terminal) when the certificate fails.
+            mqtt_tls.connect(self._client, cfg.host, cfg.port, TLS_SETTINGS if cfg.tls else None, **kwargs)
+        except (TransientError, mqtt_tls.TlsRefused):
             self.counters["errors"] += 1
-            raise TransientError(f"cannot reach MQTT broker {cfg.host}:{cfg.port}: {exc}") from exc
+            raise
         self._client.loop_start()
         if not self._connected.wait(cfg.connect_timeout_s):
             self._client.loop_stop()

@@ -15,7 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-from fleetpulse.errors import ConfigError, TransientError
+from fleetpulse import mqtt_tls
+from fleetpulse.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +73,9 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     lander = Lander(config)
-    delay_s = 1.0
-    while not stop.is_set():
-        try:
-            lander.start()
-            break
-        except TransientError as exc:
-            log.warning("%s; retrying in %.0fs", exc, delay_s)
-            stop.wait(delay_s)
-            delay_s = min(delay_s * 2, 60.0)
-    else:
+    # An unreachable broker is waited for; a certificate that does not verify
+    # (mqtt_tls.TlsRefused) ends the command with one line, exit 1.
+    if not mqtt_tls.until_reachable(lander.start, stop):
         return 0
     log.info("landing into %s", config.lake)
     last = time.monotonic()

@@ -16,7 +16,6 @@ or below the broker's in-flight window for this client (Mosquitto's
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -26,12 +25,16 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from fleetpulse import mqtt_tls
 from fleetpulse.errors import TransientError
 from fleetpulse.schemas import load_contract
 
 from .landing import LandingWriter
 
 log = logging.getLogger(__name__)
+
+#: the command-line settings a TLS refusal names (see fleetpulse.mqtt_tls)
+TLS_SETTINGS = mqtt_tls.TlsSettings(ca_key="--ca-file", host_key="--broker")
 
 
 @dataclass(frozen=True)
@@ -52,9 +55,12 @@ class LanderConfig:
     #: which lands the batches itself
     topics: tuple[str, ...] = ("gateway_batches", "gateway_status")
 
-
 class Lander:
-    """Lifecycle: ``start()`` connects and subscribes; ``stop()`` commits and disconnects."""
+    """Lifecycle: ``start()`` connects and subscribes; ``stop()`` commits and disconnects.
+
+    ``start()`` raises TransientError while the broker cannot be reached and
+    :class:`~fleetpulse.mqtt_tls.TlsRefused` when its certificate does not verify.
+    """
 
     def __init__(
         self,
@@ -91,7 +97,7 @@ class Lander:
             manual_ack=True,
         )
         if config.tls:
-            self._client.tls_set(ca_certs=config.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+            self._client.tls_set_context(mqtt_tls.client_context(config.ca_file, TLS_SETTINGS))
         if config.username:
             self._client.username_pw_set(config.username, config.password)
         self._client.on_connect = self._on_connect
@@ -101,10 +107,10 @@ class Lander:
     # ------------------------------------------------------------ lifecycle
     def start(self, timeout_s: float = 10.0) -> None:
         cfg = self.config
-        try:
-            self._client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
-        except OSError as exc:
-            raise TransientError(f"cannot reach central broker {cfg.host}:{cfg.port}: {exc}") from exc
+        # An unreachable broker is TransientError (retried); a certificate that
+        # does not verify is mqtt_tls.TlsRefused, which no retry fixes.
+        mqtt_tls.connect(self._client, cfg.host, cfg.port, TLS_SETTINGS if cfg.tls else None,
+                         keepalive=cfg.keepalive_s)
         self._client.loop_start()
         if not self._connected.wait(timeout_s):
             self._client.loop_stop()

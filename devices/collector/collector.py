@@ -20,6 +20,19 @@ start: the only duplicates are those, and downstream removes them by
 ``(device_id, boot, seq)``. The spool is one FIFO, so each device's records
 go upstream in the order they arrived.
 
+What is refused is a dead letter (:mod:`.deadletters`: rotated files within
+``dead_letters.quota_bytes``, each row keeping ``dead_letters.sample_bytes``
+of its payload), and its message is acknowledged with the same group commit:
+whatever a message holds, it is acknowledged once its records are spooled or
+dead-lettered, so no message can occupy the local broker's window and come
+back after every restart. A record must name the device of its topic (else
+``device_mismatch``: one device cannot speak for another), and a topic that
+names no valid device is refused whole (``topic_mismatch``). A fault of the
+collector's own on some message is refused whole too (``internal_error``,
+counted in errors). A dead-letter disk that fails drops the rows (counted in
+``dead_letters_dropped``) and never holds intake up; only a spool that cannot
+be written stops acknowledging (the local broker redelivers after a restart).
+
 The uplink may be down for days: the collector starts without it, spools
 within ``spool.quota_bytes`` (``on_full`` says what gives when it is full,
 every drop counted by reason) and reconnects with capped exponential backoff
@@ -40,9 +53,13 @@ are waiting for the worker.
 
 Counters (the names every FleetPulse component uses): received_messages,
 received_records, spooled_records (made durable), sent_records / sent_batches
-(acknowledged upstream), dropped_records by reason (validation reasons;
-spool_quota, spool_ttl, spool_corrupt), dead_letters, errors, reconnects; and
-the gauges spool_backlog_records, spool_bytes.
+(acknowledged upstream), dropped_records by reason (validation reasons and
+internal_error; spool_quota, spool_ttl, spool_corrupt), dead_letters (rows
+written), dead_letters_dropped (rows lost: deleted for the quota, or refused
+by a failing disk), errors, reconnects; and the gauges spool_backlog_records,
+spool_bytes. Each received record is either offered to the spool or a
+dead-letter row under its reason in dropped_records; what the spool then
+refuses or loses is counted under spool_*.
 """
 
 from __future__ import annotations
@@ -57,14 +74,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from fleetpulse.errors import ConfigError, TerminalError, TransientError
+from fleetpulse.errors import ConfigError, TerminalError, TransientError, quote
 from fleetpulse.schemas import Rejection, Validator, dead_letter, load_contract
 
 from .batching import Envelope, encode_record
 from .config import CollectorConfig
+from .deadletters import DeadLetterFiles
 from .spool import Position, Spool, SpoolLocked
 
 log = logging.getLogger(__name__)
@@ -76,6 +93,7 @@ COUNTER_NAMES = (
     "sent_records",
     "sent_batches",
     "dead_letters",
+    "dead_letters_dropped",
     "errors",
     "reconnects",
 )
@@ -86,6 +104,12 @@ _REFUSED_FOR_GOOD = {0x84, 0x85, 0x86, 0x87, 0x8C}
 _MAX_WAIT_S = 1.0
 #: Wait after the central broker refused a batch (PUBACK reason >= 0x80) before resending it.
 _REFUSED_RETRY_MS = 5000
+#: A dead letter keeps this much of a topic beyond the configured prefix (a valid device
+#: topic is far shorter; MQTT allows 64 KiB, which would crowd out the payload sample).
+_TOPIC_KEEP_CHARS = 256
+#: The reason for input the collector could not process because of its own fault (a bug):
+#: kept and acknowledged like any rejection, so it cannot come back after every restart.
+INTERNAL_ERROR = "internal_error"
 
 
 class BrokerUnreachable(TransientError):
@@ -294,7 +318,16 @@ class Collector:
         self._last_status_ms = 0
         self._draining = False
         self._holding = False  # logging: inside an uplink-full episode
-        self._dead_letters: IO[str] | None = None
+        dead = config.dead_letters
+        self.dead_letters = DeadLetterFiles(dead.path, quota_bytes=dead.quota_bytes,
+                                            max_file_bytes=dead.max_file_bytes)
+        self._seen_dead_letter_drops = 0
+        self._seen_dead_letter_errors = 0
+        self._topic_prefix = config.local.topic_prefix
+        self._logged_internal: set[str] = set()
+        identifier = self._contract.identifier_re.fullmatch
+        longest = self._contract.limits.identifier_max_length
+        self._is_identifier: Callable[[str], bool] = lambda v: len(v) <= longest and bool(identifier(v))
 
         # Messages handed to the worker and not yet settled (spooled or dead-lettered).
         self._pending_cond = threading.Condition()
@@ -464,8 +497,7 @@ class Collector:
         except OSError as exc:
             log.error("spool %s not closed cleanly: %s (recovered at the next start)",
                       self.config.spool.path, exc)
-        if self._dead_letters is not None:
-            self._dead_letters.close()
+        self.dead_letters.close()
         log.info("collector %s stopped; counters: %s", self.config.gateway.gateway_id,
                  json.dumps(self.counters, sort_keys=True))
         return drained
@@ -476,10 +508,9 @@ class Collector:
         return f"{cfg.host}:{cfg.port}"
 
     def _open_dead_letters(self) -> None:
-        path: Path = self.config.dead_letters.path
+        path = self.config.dead_letters.path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._dead_letters = open(path, "a", encoding="utf-8")  # closed in stop()
+            self.dead_letters.open()  # closed in stop()
         except OSError as exc:
             raise ConfigError(
                 source=self.config.source,
@@ -487,17 +518,16 @@ class Collector:
                 problem=f"cannot open {path} for appending: {exc.strerror or exc}",
                 fix="point it at a writable location",
             ) from None
+        self._sync_dead_letter_counters()  # files over a (lowered) quota were trimmed
 
     def _open_spool(self) -> None:
         try:
             report = self.spool.open()
         except SpoolLocked as exc:
-            if self._dead_letters is not None:
-                self._dead_letters.close()
+            self.dead_letters.close()
             raise TerminalError(f"{exc}; give each collector its own spool.path") from None
         except OSError as exc:
-            if self._dead_letters is not None:
-                self._dead_letters.close()
+            self.dead_letters.close()
             raise ConfigError(
                 source=self.config.source,
                 key="spool.path",
@@ -628,8 +658,7 @@ class Collector:
             client.disconnect()
             client.loop_stop()
         self.spool.close()
-        if self._dead_letters is not None:
-            self._dead_letters.close()
+        self.dead_letters.close()
 
     # ---------------------------------------------------------- paho callbacks
     # These run on paho's network threads: they only enqueue, count and log.
@@ -782,14 +811,41 @@ class Collector:
                      self.spool.backlog_records, len(self._inflight))
 
     def _receive(self, event: _Received) -> None:
+        """Spool a device message's valid records and dead-letter the rest; then it is acknowledged.
+
+        The acknowledgement (at the next group commit) does not depend on the
+        content: a topic that names no device, a payload that trips the
+        validator, a record that cannot be encoded and a dead-letter disk that
+        fails all end as a counted dead letter (or a counted dropped one), so
+        no message can hold a slot of the local broker's window and come back
+        after every restart. Only a spool that cannot be written stops
+        acknowledging (see :meth:`_fail`).
+        """
         now = self._clock()
-        # A gateway without a real-time clock boots in the past until NTP sets it;
-        # then "too far in the future" would refuse every record, so skip that check.
-        now_ms = now if now >= self._contract.limits.min_event_time_ms else None
-        valid, rejected = self._validator.device_payload(event.payload, now_ms=now_ms)
         self._counters.add("received_messages")
-        self._counters.add("received_records", len(valid) + len(rejected))
-        spooled = 0
+        counted = False
+        try:
+            valid, rejected = self._validate(event, now)
+            self._counters.add("received_records", len(valid) + len(rejected))
+            counted = True
+            if not self._spool_records(valid, rejected, now):
+                return  # the spool failed: nothing more is acknowledged
+        # Our fault, not the input's (the validator and encoder never raise by contract):
+        # keep the whole message as a dead letter and settle it all the same (records
+        # spooled before the fault stay spooled).
+        except Exception as exc:  # noqa: BLE001 (logged by _internal_error, once per kind)
+            if not counted:
+                self._counters.add("received_records")  # the message, as one unreadable record
+            rejected = [self._internal_error(exc)]
+        self._dead_letter(rejected, event, now)
+        if not self._uncommitted:
+            self._uncommitted_since_ms = now
+        self._uncommitted.append(event.token)
+        if self.spool.uncommitted_records >= self.config.spool.commit_max_records:
+            self._commit()
+
+    def _spool_records(self, valid: list[dict[str, Any]], rejected: list[Rejection], now: int) -> bool:
+        """Append valid records to the spool (one too large for a batch joins ``rejected``); False if the spool failed."""
         for record in valid:
             data = encode_record(record)
             if not self._envelope.fits(data):
@@ -801,19 +857,38 @@ class Collector:
                 ))
                 continue
             try:
-                if self.spool.append(data, now):
-                    spooled += 1
-                # else: refused by the quota, counted by the spool
+                self.spool.append(data, now)  # (False: refused by the quota, counted by the spool)
             except OSError as exc:
                 self._fail(exc)
-                return
-        if rejected:
-            self._dead_letter(rejected, event, now)
-        if not self._uncommitted:
-            self._uncommitted_since_ms = now
-        self._uncommitted.append(event.token)
-        if self.spool.uncommitted_records >= self.config.spool.commit_max_records:
-            self._commit()
+                return False
+        return True
+
+    def _validate(self, event: _Received, now: int) -> tuple[list[dict[str, Any]], list[Rejection]]:
+        """The message's valid records and its rejections."""
+        ids = self._contract.topic_ids("device_telemetry", event.topic, prefix=self._topic_prefix)
+        device_id = ids.get("device_id") if ids else None
+        if device_id is None or not self._is_identifier(device_id):
+            # Without the topic's device the records cannot be checked against it (spoofing).
+            return [], [Rejection(
+                "topic_mismatch",
+                f"topic {quote(event.topic)} is not {self._topic_prefix}"
+                f"{self._contract.topics['device_telemetry']['pattern']} with a valid device_id",
+            )]
+        # A gateway without a real-time clock boots in the past until NTP sets it;
+        # then "too far in the future" would refuse every record, so skip that check.
+        now_ms = now if now >= self._contract.limits.min_event_time_ms else None
+        return self._validator.device_payload(event.payload, now_ms=now_ms, device_id=device_id)
+
+    def _internal_error(self, exc: Exception) -> Rejection:
+        """A whole-message rejection for a fault of the collector's own (counted in errors)."""
+        self._counters.add("errors")
+        kind = type(exc).__name__
+        # A hostile stream may hit the same bug thousands of times: one traceback per kind.
+        if kind not in self._logged_internal:
+            self._logged_internal.add(kind)
+            log.error("collector fault on a device message (kept as a dead letter, reason %s; counted "
+                      "in errors; later ones of this kind are not logged)", INTERNAL_ERROR, exc_info=exc)
+        return Rejection(INTERNAL_ERROR, f"{kind}: {quote(str(exc), 160)}")
 
     def _commit(self) -> None:
         """Group commit: one fsync makes every appended record durable, then acknowledge their messages."""
@@ -823,6 +898,10 @@ class Collector:
             self._fail(exc)
             return
         self._counters.add("spooled_records", durable)
+        # Dead letters too are on disk before their messages are acknowledged; a
+        # failing dead-letter disk is counted and must not hold intake up.
+        self.dead_letters.sync()
+        self._sync_dead_letter_counters()
         tokens, self._uncommitted = self._uncommitted, []
         self._sync_backlog()
         for token in tokens:
@@ -839,22 +918,38 @@ class Collector:
         self._abort.set()
 
     def _dead_letter(self, rejections: list[Rejection], event: _Received, now: int) -> None:
-        lines = []
+        """Count each rejection by reason and keep it as a dead-letter row; never raises."""
+        if not rejections:
+            return
+        sample = self.config.dead_letters.sample_bytes
+        keep = len(self._topic_prefix) + _TOPIC_KEEP_CHARS
+        topic = event.topic if len(event.topic) <= keep else event.topic[:keep] + "..."
+        rows = []
         for rejection in rejections:
             self._counters.drop(rejection.reason)
-            row = dead_letter(rejection, source=self._source, topic=event.topic, at_ms=now,
-                              payload=event.payload)
-            lines.append(json.dumps(row, ensure_ascii=False, default=repr) + "\n")
-        assert self._dead_letters is not None
-        try:
-            self._dead_letters.write("".join(lines))
-            self._dead_letters.flush()
-        except OSError as exc:
-            self._counters.add("errors")
-            log.error("cannot append %d dead letters to %s: %s; rows follow:\n%s", len(lines),
-                      self.config.dead_letters.path, exc, "".join(lines).rstrip())
-            return
-        self._counters.add("dead_letters", len(lines))
+            try:
+                row = dead_letter(rejection, source=self._source, topic=topic, at_ms=now,
+                                  payload=event.payload, sample_bytes=sample)
+            except Exception as exc:  # dead_letter() is content-proof; if not, keep the reason and a sample
+                self._counters.add("errors")
+                log.error("dead letter for %s not built (%s); kept with a payload sample only",
+                          rejection.reason, type(exc).__name__, exc_info=exc)
+                row = dead_letter(Rejection(rejection.reason, f"not built: {type(exc).__name__}"),
+                                  source=self._source, topic=None, at_ms=now, payload=event.payload,
+                                  sample_bytes=sample)
+            rows.append(row)
+        self._counters.add("dead_letters", self.dead_letters.write(rows))
+        self._sync_dead_letter_counters()
+
+    def _sync_dead_letter_counters(self) -> None:
+        """Carry the dead-letter files' drops and failures into the counters."""
+        files = self.dead_letters
+        if files.dropped_rows != self._seen_dead_letter_drops:
+            self._counters.add("dead_letters_dropped", files.dropped_rows - self._seen_dead_letter_drops)
+            self._seen_dead_letter_drops = files.dropped_rows
+        if files.errors != self._seen_dead_letter_errors:
+            self._counters.add("errors", files.errors - self._seen_dead_letter_errors)
+            self._seen_dead_letter_errors = files.errors
 
     def _settle(self, token: MessageToken) -> None:
         if token.qos > 0:

@@ -27,6 +27,7 @@ from typing import Any
 from fleetpulse.errors import ConfigError
 from fleetpulse.schemas import load_contract
 
+from . import deadletters
 from .spool import MIN_QUOTA_BYTES, ON_FULL_POLICIES
 
 ENV_PREFIX = "FLEETPULSE_GATEWAY__"
@@ -114,7 +115,12 @@ class StatusConfig:
 
 @dataclass(frozen=True)
 class DeadLettersConfig:
+    """Where refused input is kept on the gateway, and how much of it (see :mod:`.deadletters`)."""
+
     path: Path = Path("dead-letters.jsonl")
+    quota_bytes: int = 16 << 20  # all dead-letter files together; the oldest file goes first
+    max_file_bytes: int = 2 << 20  # the active file is rotated at this size
+    sample_bytes: int = 1024  # of each rejected payload (or record's JSON) kept in its row
 
 
 @dataclass(frozen=True)
@@ -393,9 +399,26 @@ def _validate(reader: _Reader, config: CollectorConfig) -> CollectorConfig:
     if not str(spool.path).strip():
         raise reader.bad("spool", "path", "is empty", "set a directory for the spool")
     _check_range(reader, "status", "interval_s", config.status.interval_s, 1, 86400, "seconds")
-    if not str(config.dead_letters.path).strip():
-        raise reader.bad("dead_letters", "path", "is empty", "set a file path for rejected messages")
+    _validate_dead_letters(reader, config)
     return replace(config, local=local, upstream=up)
+
+
+def _validate_dead_letters(reader: _Reader, config: CollectorConfig) -> None:
+    dead = config.dead_letters
+    if not str(dead.path).strip():
+        raise reader.bad("dead_letters", "path", "is empty", "set a file path for rejected messages")
+    spool_dir = Path(os.path.normpath(config.spool.path))
+    if spool_dir in Path(os.path.normpath(dead.path)).parents:
+        # The spool owns its directory (files it does not know are moved aside).
+        raise reader.bad("dead_letters", "path", f"{str(dead.path)!r} is inside spool.path ({spool_dir})",
+                         "put the dead-letter file outside the spool directory, e.g. beside it")
+    _check_range(reader, "dead_letters", "quota_bytes", dead.quota_bytes, deadletters.MIN_QUOTA_BYTES,
+                 1 << 40, "bytes")
+    _check_range(reader, "dead_letters", "max_file_bytes", dead.max_file_bytes, deadletters.MIN_FILE_BYTES,
+                 dead.quota_bytes // 2, "bytes (at most half of dead_letters.quota_bytes)")
+    _check_range(reader, "dead_letters", "sample_bytes", dead.sample_bytes, 0,
+                 dead.max_file_bytes // deadletters.SAMPLE_GROWTH,
+                 f"bytes (at most dead_letters.max_file_bytes / {deadletters.SAMPLE_GROWTH}, so a row fits a file)")
 
 
 def parse_config(
@@ -411,8 +434,10 @@ def parse_config(
     """
     reader = _Reader(source, raw, os.environ if environ is None else environ)
     reader.collect()
-    dl_raw = reader.get("dead_letters", "path", "dead-letters.jsonl")
-    dl_path = Path(dl_raw)
+    dead = _section(reader, "dead_letters", DeadLettersConfig)
+    if str(dead.path).strip():  # (an empty one set explicitly is refused by _validate)
+        dl_path = Path(dead.path)
+        dead = replace(dead, path=dl_path if dl_path.is_absolute() else base_dir / dl_path)
     spool = _section(reader, "spool", SpoolConfig)
     if ("spool", "path") not in reader.values:
         spool = replace(spool, path=Path("spool") / str(reader.get("gateway", "gateway_id")))
@@ -427,7 +452,7 @@ def parse_config(
         batch=_section(reader, "batch", BatchConfig),
         spool=spool,
         status=_section(reader, "status", StatusConfig),
-        dead_letters=DeadLettersConfig(path=dl_path if dl_path.is_absolute() else base_dir / dl_path),
+        dead_letters=dead,
     )
     return _validate(reader, config)
 

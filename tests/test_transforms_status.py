@@ -17,6 +17,7 @@ from fleetpulse.pipeline.transforms.status import (
     parse_status,
 )
 from fleetpulse.schemas import load_contract
+from fleetpulse.schemas.influx import load_influx_design
 
 IDS = {"customer_id": "c-1", "site_id": "c-1-s1", "gateway_id": "c-1-gw1"}
 TOPIC = load_contract().topic("gateway_status", **IDS)
@@ -34,9 +35,34 @@ def test_parse_sums_drops_and_floors_to_the_minute():
     row = parse_status(TOPIC, status(), T + 59_999)
     assert row == {**IDS, "received_records": 10, "sent_records": 9, "sent_batches": 1, "dead_letters": 1,
                    "errors": 0, "reconnects": 2, "dropped_records": 1, "state": "online",
+                   "dead_letters_dropped": None, "spool_quarantined_files": None,  # (an older collector)
                    "received_ms": T + 59_999, "minute_ms": T}
     point = gateway_status_point(row)
     assert point["ts_s"] == T // 1000 and point["fields"]["online"] == 1 and point["fields"]["dropped_records"] == 1
+
+
+def test_dead_letters_dropped_and_quarantined_spool_files_reach_the_influx_point():
+    row = parse_status(TOPIC, status(dead_letters_dropped=40, spool_quarantined_files=2), T)
+    assert row["dead_letters_dropped"] == 40 and row["spool_quarantined_files"] == 2
+    point = gateway_status_point(row)
+    assert point["fields"]["dead_letters_dropped"] == 40 and point["fields"]["spool_quarantined_files"] == 2
+    # the sink checks every point against the design: both are declared int fields there
+    design = load_influx_design(1)
+    assert design.check(point["measurement"], point["tags"], point["fields"], point["ts_s"])[1] == point["fields"]
+    # an older collector does not send them: absent from the row's point, not 0
+    old = parse_status(TOPIC, status(), T)
+    assert old["dead_letters_dropped"] is None and old["spool_quarantined_files"] is None
+    assert {"dead_letters_dropped", "spool_quarantined_files"}.isdisjoint(gateway_status_point(old)["fields"])
+
+
+def test_the_collectors_status_counters_are_all_carried():
+    from fleetpulse.devices.collector.collector import COUNTER_NAMES
+    from fleetpulse.pipeline.transforms.status import COUNTERS
+
+    # A counter added to the collector reaches InfluxDB unless it only restates another
+    # (messages beside records, spooled beside sent).
+    carried = set(COUNTER_NAMES) - {"received_messages", "spooled_records"}
+    assert carried <= set(COUNTERS)
 
 
 def test_last_will_has_no_counters():
@@ -55,6 +81,8 @@ def test_last_will_has_no_counters():
         (TOPIC, status(state="sleeping"), "bad_enum"),
         (TOPIC, status(sent_records=-1), "wrong_type"),
         (TOPIC, status(dropped_records=3), "wrong_type"),
+        (TOPIC, status(dead_letters_dropped=-1), "wrong_type"),
+        (TOPIC, status(spool_quarantined_files=True), "wrong_type"),
         (TOPIC.replace("c-1-gw1", "c-1-gw2"), status(), "topic_mismatch"),
     ],
 )

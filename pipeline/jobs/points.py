@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from fleetpulse.pipeline.model import DailySignal, DeviceHour
+from fleetpulse.pipeline.transforms.status import COUNTER_FIELDS
 
 BAND_RANK = {"green": 0, "yellow": 1, "red": 2}
 
@@ -88,8 +89,7 @@ def customer_day_point(signal: DailySignal) -> dict[str, Any]:
 def gateway_status_point(row: dict[str, Any]) -> dict[str, Any]:
     """A gateway status row (see ``transforms/status.py``) → one ``fp_gateway_status`` point."""
     fields: dict[str, Any] = {"online": 1 if row["state"] == "online" else 0, "state": row["state"]}
-    for key in ("received_records", "sent_records", "sent_batches", "dropped_records",
-                "dead_letters", "errors", "reconnects"):
+    for key in COUNTER_FIELDS:
         if row.get(key) is not None:
             fields[key] = row[key]
     return {

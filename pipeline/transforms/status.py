@@ -9,9 +9,12 @@ letter with its reason, like a bad batch) and keeps the latest status of each
 gateway per minute of arrival, so writing them to InfluxDB is idempotent.
 
 Row: ``customer_id, site_id, gateway_id, minute_ms, received_ms, state`` and
-the counters ``received_records, sent_records, sent_batches, dropped_records``
-(all reasons summed), ``dead_letters, errors, reconnects`` — absent when the
-message carried none (the Last Will has no counters).
+the counters :data:`COUNTER_FIELDS` — ``received_records, sent_records,
+sent_batches, dead_letters, dead_letters_dropped`` (dead-letter rows the
+gateway lost to its quota or a failing disk), ``spool_quarantined_files``
+(files the spool moved aside), ``errors, reconnects`` and ``dropped_records``
+(all reasons summed) — ``None`` when the message carried none (the Last Will
+has no counters; an older collector lacks the newer ones).
 """
 
 from __future__ import annotations
@@ -33,7 +36,19 @@ from fleetpulse.schemas import Rejection, dead_letter, load_contract
 DEAD_LETTERS = "dead_letters"
 METRICS_NAMESPACE = "fleetpulse.pipeline.status"
 IDS = ("customer_id", "site_id", "gateway_id")
-COUNTERS = ("received_records", "sent_records", "sent_batches", "dead_letters", "errors", "reconnects")
+#: The collector's plain counts carried into the row (and into fp_gateway_status).
+COUNTERS = (
+    "received_records",
+    "sent_records",
+    "sent_batches",
+    "dead_letters",
+    "dead_letters_dropped",
+    "spool_quarantined_files",
+    "errors",
+    "reconnects",
+)
+#: Every counter column of a row: COUNTERS and dropped_records (its reasons summed).
+COUNTER_FIELDS = (*COUNTERS, "dropped_records")
 STATES = ("online", "offline")
 MINUTE_MS = 60_000
 

@@ -237,3 +237,29 @@ def test_ingest_stops_at_start_with_one_line_naming_the_setting(
     lines = [line for line in stderr.splitlines() if line.startswith("fleetpulse ingest:")]
     assert len(lines) == 1 and names in lines[0], stderr
     assert "Traceback" not in stderr
+
+
+# ------------------------------------------------------------------ the gateway collector
+@integration
+@pytest.mark.parametrize(("broker", "ca", "host", "names"), [
+    pytest.param("good", "other_ca", "127.0.0.1", "upstream.ca_file", id="wrong-ca"),
+    pytest.param("expired", "ca", "127.0.0.1", "renewed", id="expired"),
+    pytest.param("other_host", "ca", "localhost", "upstream.host", id="wrong-host-name"),
+], indirect=["broker"])
+def test_the_collector_names_its_own_setting_for_each_certificate_fault(
+        tmp_path: Path, mosquitto: servers.Server, broker: servers.Server, certs: Certs,
+        ca: str, host: str, names: str) -> None:
+    from fleetpulse.devices.collector.collector import BrokerRefused, Collector
+    from fleetpulse.devices.collector.config import load_config
+
+    from .test_gateway_security import write_collector_config
+
+    upstream = f'tls = true\nca_file = "{getattr(certs, ca)}"\nusername = ""\n'
+    path = write_collector_config(tmp_path / "gw", mosquitto, broker, upstream)
+    text = path.read_text()
+    path.write_text(text.replace('[upstream]\nhost = "127.0.0.1"', f'[upstream]\nhost = "{host}"'))
+    collector = Collector(load_config(path, environ={}))
+    with pytest.raises(BrokerRefused) as info:
+        collector.start()
+    assert names in str(info.value) and "certificate verify failed" in str(info.value)
+    assert collector.stop() is True

@@ -76,6 +76,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fleetpulse import mqtt_tls
 from fleetpulse.errors import ConfigError, TerminalError, TransientError, quote
 from fleetpulse.schemas import Rejection, Validator, dead_letter, load_contract
 
@@ -110,6 +111,12 @@ _TOPIC_KEEP_CHARS = 256
 #: The reason for input the collector could not process because of its own fault (a bug):
 #: kept and acknowledged like any rejection, so it cannot come back after every restart.
 INTERNAL_ERROR = "internal_error"
+
+
+#: The settings a TLS refusal by the central broker names (see fleetpulse.mqtt_tls).
+_UPSTREAM_TLS = mqtt_tls.TlsSettings(
+    ca_key="upstream.ca_file", host_key="upstream.host", cert_key="upstream.cert_file"
+)
 
 
 class BrokerUnreachable(TransientError):
@@ -607,19 +614,18 @@ class Collector:
         kwargs: dict[str, Any] = {"keepalive": cfg.keepalive_s}
         if v5:
             kwargs.update(clean_start=False, properties=self._connect_properties(role))
+        tls = _UPSTREAM_TLS if role == "upstream" and self.config.upstream.tls else None
         try:
-            client.connect(cfg.host, cfg.port, **kwargs)
-        except ssl.SSLError as exc:
-            # Verification failed or the broker wants a client certificate: no retry fixes that.
-            raise BrokerRefused(
-                f"TLS with {role} broker {cfg.host}:{cfg.port} failed: {exc}; check upstream.ca_file, "
-                "cert_file/key_file and that host matches the broker's certificate"
-            ) from exc
-        except OSError as exc:  # refused, unreachable, DNS
+            mqtt_tls.connect(client, cfg.host, cfg.port, tls, **kwargs)
+        except mqtt_tls.TlsRefused as exc:
+            # A certificate that does not verify: no retry fixes that (fleetpulse.mqtt_tls).
+            raise BrokerRefused(str(exc)) from None
+        except TransientError as exc:  # refused, unreachable, DNS
             if role == "local":
-                raise BrokerUnreachable(f"cannot reach {role} broker {cfg.host}:{cfg.port}: {exc}") from exc
+                raise BrokerUnreachable(
+                    f"cannot reach {role} broker {cfg.host}:{cfg.port}: {exc.__cause__}") from exc
             log.warning("upstream broker %s:%d unreachable (%s): spooling to %s and retrying with backoff",
-                        cfg.host, cfg.port, exc, self.config.spool.path)
+                        cfg.host, cfg.port, exc.__cause__, self.config.spool.path)
             self._jitter_next_reconnect(role, client)
             client.connect_async(cfg.host, cfg.port, **kwargs)
             client.loop_start()

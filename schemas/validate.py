@@ -61,6 +61,56 @@ def _utf8_ok(text: str) -> bool:
 #: RFC 1952 magic: a gzip-compressed gateway batch.
 GZIP_MAGIC = b"\x1f\x8b"
 
+#: JSON nested deeper than this is not_json (the contract nests 5 deep). ``json.loads``
+#: alone stops at Python's recursion limit less the caller's stack, which is not the same on
+#: a gateway, in a test and in a Beam worker; a fixed bound decides alike everywhere, and the
+#: columnar decoder's Arrow reader (which has no such limit) applies it too.
+MAX_NESTING = 512
+_TOO_DEEP = f"nested deeper than {MAX_NESTING} levels"
+_BRACKETS = bytes.maketrans(b"[{]}", b"(())")
+_NOT_OPENER = bytes(b for b in range(256) if b not in b"[{")
+_NOT_MARK = bytes(b for b in range(256) if b not in b'"[]{}')
+
+
+def _number(digits: str) -> int | float:
+    try:
+        return int(digits)
+    except ValueError:  # longer than Python converts to int (4300 digits)
+        return float(digits)  # the infinity it exceeds, as 1e400 is read
+
+
+def _loads(text: str) -> Any:
+    """``json.loads``; an integer too long for ``int`` (valid JSON all the same) is read as
+    infinity, like ``1e400``: a contract field refuses it, an unknown field ignores it, as
+    Arrow's reader in the columnar decoder does."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except ValueError:  # the str-to-int digit limit; rare, so only then the slower parse
+        return json.loads(text, parse_int=_number)
+
+
+def nesting_exceeds(text: bytes, limit: int = MAX_NESTING) -> bool:
+    """Whether the JSON ``text`` nests arrays and objects more than ``limit`` deep.
+
+    Brackets inside strings do not count. Exact for valid JSON (for other
+    texts a guess: their parse fails anyway). A text with at most ``limit``
+    openers is decided by one pass that keeps only them.
+    """
+    if len(text.translate(None, _NOT_OPENER)) <= limit:
+        return False
+    if b"\\" in text:  # an escaped quote or backslash must not end a string
+        text = text.replace(b"\\\\", b"").replace(b'\\"', b"")
+    marks = text.translate(_BRACKETS, _NOT_MARK).replace(b'""', b"")  # quotes and ( )
+    if b'"' in marks:  # brackets inside strings: quotes alternate, so every odd piece is one
+        marks = b"".join(marks.split(b'"')[::2])
+    for _ in range(limit):  # each pass removes the innermost level
+        marks = marks.replace(b"()", b"")
+        if not marks:
+            return False
+    return True
+
 
 class InvalidTelemetry(RejectedInput):
     """A record or envelope that breaks the contract."""
@@ -221,7 +271,8 @@ class Validator:
                     f"quantity {name} value {quote(number)} must be a finite number >= 0",
                 )
             unit = q.get("unit")
-            if unit not in self.contract.units:
+            # type first: a list or an object as the unit is unhashable, and units is a set.
+            if type(unit) is not str or unit not in self.contract.units:
                 raise InvalidTelemetry(
                     "bad_unit",
                     f"quantity {name} unit {quote(unit)} is not one of {sorted(self.contract.units)}",
@@ -335,11 +386,17 @@ class Validator:
         except UnicodeDecodeError as exc:
             raise InvalidTelemetry("not_utf8", str(exc)) from None
         try:
-            return json.loads(text)
+            obj, error = _loads(text), None
         except json.JSONDecodeError as exc:
-            raise InvalidTelemetry("not_json", f"{exc.msg} at offset {exc.pos}") from None
+            obj, error = None, f"{exc.msg} at offset {exc.pos}"
         except RecursionError:
-            raise InvalidTelemetry("not_json", "nested too deeply to parse") from None
+            obj, error = None, _TOO_DEEP
+        # The bound decides first: how deep json.loads gets depends on the caller's stack.
+        if error is _TOO_DEEP or nesting_exceeds(payload):
+            raise InvalidTelemetry("not_json", _TOO_DEEP)
+        if error is not None:
+            raise InvalidTelemetry("not_json", error)
+        return obj
 
     def device_payload(
         self, payload: bytes, *, now_ms: int | None = None, device_id: str | None = None
@@ -412,7 +469,9 @@ def _encodable(value: Any, depth: int = 0) -> Any:
     UTF-8 encoder (a file, Beam's coders, Arrow) takes the resulting string.
     Such a string is kept as its escaped text (``\\ud800``, backslash and all),
     so a dead letter shows what came and can always be written. Nesting past
-    :data:`DEAD_LETTER_MAX_DEPTH` is kept as quoted text.
+    :data:`DEAD_LETTER_MAX_DEPTH` is kept as quoted text, and so is a float
+    JSON has no word for (Python's json reads ``NaN`` and ``Infinity``, which a
+    strict JSON reader of the dead-letter file would refuse).
     """
     if isinstance(value, str):
         return value if value.isascii() or _utf8_ok(value) else value.encode(
@@ -423,6 +482,8 @@ def _encodable(value: Any, depth: int = 0) -> Any:
         return {_encodable(key): _encodable(item, depth + 1) for key, item in value.items()}
     if isinstance(value, list):
         return [_encodable(item, depth + 1) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # 'nan', 'inf', '-inf'
     if value is None or isinstance(value, bool | int | float):
         return value
     return quote(value, 240)  # not from JSON: a source bug, still kept as text

@@ -57,6 +57,7 @@ import pyarrow.json as pj
 from fleetpulse.pipeline.lake.schema import ARROW_TYPES, QUANTITY, lake_schema
 from fleetpulse.schemas import Contract, FieldSpec, InvalidTelemetry, Rejection, Validator
 from fleetpulse.schemas import validate as _validate
+from fleetpulse.schemas.validate import INT64_MAX, INT64_MIN, nesting_exceeds
 
 from .decode import TOPIC, Dead, LandingDecoder
 from .rows import lake_row
@@ -227,8 +228,13 @@ class ArrowDecoder:
         Arrow's JSON reader is stricter than ``json.loads`` (it refuses what
         Python refuses, and more), except for what is excluded here: texts
         that are not one object on one line, non-ASCII bytes (invalid UTF-8, a
-        BOM), backslash escapes (keys written with escapes could collide) and
-        ``null`` (Arrow cannot tell an explicit null from an absent field).
+        BOM), backslash escapes (keys written with escapes could collide),
+        ``null`` (Arrow cannot tell an explicit null from an absent field) and
+        nesting past the Validator's bound (Arrow has none, and ignores the
+        unknown fields that could hold it). An integer too long for Python's
+        ``int`` needs no test: Arrow refuses it in an int field, reads it as
+        infinity in a float one and ignores it in an unknown one, as the
+        Validator does.
         """
         if len(payload) > self._limits.max_payload_bytes:
             return None
@@ -244,6 +250,8 @@ class ArrowDecoder:
             or b"\r" in text
             or b"\\" in text
             or b"null" in text
+            # Arrow's reader has no nesting bound, the Validator has (an unknown field may hide depth).
+            or nesting_exceeds(text)
         ):
             return None
         return text
@@ -359,10 +367,12 @@ class ArrowDecoder:
                 type(topic) is not str
                 or type(payload) is not bytes
                 or type(received_ms) is not int
+                or not INT64_MIN <= received_ms <= INT64_MAX
             ):
                 self._decode_exactly(topic, payload, received_ms, exact_rows, out)
                 continue
-            text = self._plain_json(payload)
+            # Every contract topic is ASCII; another one (a lone surrogate even) is refused in Python.
+            text = self._plain_json(payload) if topic.isascii() else None
             if text is None:
                 parsed.append((topic, payload, received_ms))
             else:

@@ -32,7 +32,9 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
+from fleetpulse.errors import quote
 from fleetpulse.schemas import Contract, Rejection, Validator, dead_letter, load_contract
+from fleetpulse.schemas.validate import INT64_MAX, INT64_MIN
 
 from .rows import lake_columns, lake_row
 
@@ -70,18 +72,19 @@ class LandingDecoder:
         if isinstance(payload, bytearray | memoryview):
             payload = bytes(payload)
         elif isinstance(payload, str):
-            payload = payload.encode("utf-8")
+            # surrogatepass: a lone surrogate keeps its code unit (and the Validator says not_utf8).
+            payload = payload.encode("utf-8", "surrogatepass")
         if (
             not isinstance(topic, str)
             or not isinstance(payload, bytes)
-            or isinstance(received_ms, bool)
-            or not isinstance(received_ms, int)
+            or type(received_ms) is not int
+            or not INT64_MIN <= received_ms <= INT64_MAX  # the lake's received_ms column
         ):
             # A source bug rather than a device one, but still kept, not lost.
-            at_ms = received_ms if isinstance(received_ms, int) else 0
+            at_ms = received_ms if type(received_ms) is int and INT64_MIN <= received_ms <= INT64_MAX else 0
             detail = (
-                "landing row must be {topic: str, payload: bytes, received_ms: int}, got "
-                f"{type(topic).__name__}/{type(payload).__name__}/{type(received_ms).__name__}"
+                "landing row must be {topic: str, payload: bytes, received_ms: int64}, got "
+                f"{type(topic).__name__}/{type(payload).__name__}/{quote(received_ms, 40)}"
             )
             rejection = Rejection("wrong_type", detail)
             return [], [(

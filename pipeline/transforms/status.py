@@ -77,7 +77,8 @@ def parse_status(topic: str, payload: bytes, received_ms: int) -> dict[str, Any]
     """One status message → its row; raises InvalidStatus with a reason from the contract's set."""
     try:
         status = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError: not UTF-8, not JSON, or an int past Python's digit limit; RecursionError: nested too deeply.
         raise InvalidStatus("not_json", f"status is not JSON: {exc}") from None
     if not isinstance(status, dict):
         raise InvalidStatus("not_object", f"status must be an object, got {quote(status)}")

@@ -75,6 +75,7 @@ from paho.mqtt.properties import Properties
 
 from fleetpulse import mqtt_tls
 from fleetpulse.errors import TransientError
+from fleetpulse.pipeline.lake.landing import message_topic
 from fleetpulse.pipeline.secrets import SecretRef, read_secret
 from fleetpulse.schemas import load_contract
 
@@ -375,21 +376,22 @@ class ReaderSession:
         log.warning("%s lost the broker (%s); paho reconnects", self.client_id, reason)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        if not mqtt.topic_matches_sub(self.config.topic, message.topic):
+        topic = message_topic(message)  # message.topic raises on a topic that is not UTF-8
+        if not mqtt.topic_matches_sub(self.config.topic, topic):
             # Outside the subscription: some brokers (amqtt) deliver retained
             # messages of other topics on subscribe. Not ours to land: counted,
             # logged and acknowledged so the broker does not send it again.
             with self._lock:
                 self.counters["unmatched"] += 1
             log.warning("%s: broker delivered %s outside the subscription %s; ignored",
-                        self.client_id, message.topic, self.config.topic)
+                        self.client_id, topic, self.config.topic)
             if message.qos:
                 client.ack(message.mid, message.qos)
             return
         with self._arrived:
             self.counters["received"] += 1
             self._queue.append(
-                Delivery(self._generation, message.mid, message.qos, message.topic,
+                Delivery(self._generation, message.mid, message.qos, topic,
                          bytes(message.payload), self._clock_ms())
             )
             self.last_activity_monotonic = time.monotonic()

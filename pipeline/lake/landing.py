@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,6 +39,35 @@ LANDING_SCHEMA = pa.schema(
 
 #: zone name -> what lands there (the topic families of the contract)
 ZONES = {"landing": "gateway_batches", "status": "gateway_status"}
+
+
+def landing_topic(topic: str | bytes) -> str:
+    """``topic`` as the landing zone stores it: valid UTF-8 text, whatever came.
+
+    MQTT requires UTF-8 topics, but a broker that does not check passes on
+    what a client published. Bytes that are not UTF-8 (and lone surrogates in
+    a ``str``) are kept as backslash escapes (``\\xff``, ``\\ud800``): the
+    message still lands, the decoder refuses the topic (``topic_mismatch``, a
+    dead letter), and the file's string column can always be written.
+    """
+    if isinstance(topic, bytes | bytearray):
+        return bytes(topic).decode("utf-8", "backslashreplace")
+    if topic.isascii():
+        return topic
+    return topic.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def message_topic(message: Any) -> str:
+    """The :func:`landing_topic` of a paho ``MQTTMessage``.
+
+    paho's ``message.topic`` decodes strictly and raises on bytes that are not
+    UTF-8 — inside its network thread, which would stop the reader and leave
+    the message unacknowledged, to be redelivered forever.
+    """
+    try:
+        return landing_topic(message.topic)
+    except UnicodeDecodeError as exc:
+        return landing_topic(exc.object)
 
 
 def landing_dir(lake: str | Path, zone: str = "landing") -> Path:
@@ -71,7 +101,8 @@ class LandingWriter:
         return len(self._topics)
 
     def add(self, topic: str, payload: bytes, received_ms: int) -> bool:
-        self._topics.append(topic)
+        # One topic that is not valid UTF-8 would fail the commit of every message buffered with it.
+        self._topics.append(landing_topic(topic))
         self._payloads.append(payload)
         self._received.append(received_ms)
         return len(self._topics) >= self.max_rows

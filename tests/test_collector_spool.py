@@ -71,8 +71,8 @@ def _close_spools():
 
 
 def test_records_come_back_in_order_across_segments_and_are_released(tmp_path: Path) -> None:
-    spool = opened(tmp_path, quota_bytes=MIN_QUOTA_BYTES * 4)  # 16 KiB segments
-    expected = [record(i) for i in range(2000)]  # ~ 120 KB: many segments
+    spool = opened(tmp_path, quota_bytes=MIN_QUOTA_BYTES * 5)  # 20 KiB segments
+    expected = [record(i) for i in range(2000)]  # ~ 136 KB: many segments, within the quota
     for data in expected:
         assert spool.append(data, at_ms=1)
     assert spool.commit() == 2000
@@ -246,7 +246,7 @@ def test_a_record_larger_than_the_quota_allows_is_refused_not_looping(tmp_path: 
     spool = opened(tmp_path, quota_bytes=MIN_QUOTA_BYTES)
     assert not spool.append(b"x" * MIN_QUOTA_BYTES, at_ms=1)
     assert spool.dropped == {"spool_quota": 1}
-    assert FRAME_OVERHEAD == 20
+    assert FRAME_OVERHEAD == 28  # header with the record's index, CRC
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -18,6 +18,7 @@ BENCHMARKS = {
     "influx_sink": "bench.bench_influx_sink",
     "backfill_columnar": "bench.bench_backfill_columnar",
     "gateway": "bench.bench_gateway",
+    "spool_commit": "bench.bench_spool_commit",
     "ingest": "bench.bench_ingest",
 }
 

@@ -369,3 +369,36 @@ def test_a_spoofed_record_is_not_forwarded_and_the_status_counts_it(
         ("device_mismatch", "c-0002-dev-7", TOPIC.format("dev-1")),
         ("device_mismatch", "dev-1", TOPIC.format("dev-2")),
     ]
+
+
+# ------------------------------------------------------------ issue 12 item 7, end to end
+@pytest.mark.integration
+def test_strays_in_the_spool_directory_are_moved_aside_counted_and_the_records_flow(
+        tmp_path: Path, mosquitto_pair: tuple[Server, Server]) -> None:
+    local, central_broker = mosquitto_pair
+    central, devices = Central(central_broker.port), Devices(local.port)
+    base = now_ms() - 60_000
+    config = hostile_config(tmp_path, max_records=100, local_port=local.port, upstream_port=central_broker.port,
+                            status_interval_s=1)
+    spool = Path(config.spool.path)
+    spool.mkdir(parents=True, exist_ok=True)
+    # What the harness left there: an index no spool writes, a directory named like a segment.
+    (spool / "99999999999999999999.seg").write_bytes(b"\0" * 64)
+    (spool / "00000000000000000007.seg").mkdir()
+    collector = Collector(config)
+    collector.start()
+    try:
+        devices.publish_all([("dev-1", json.dumps(record("dev-1", seq, ts_ms=base)).encode())
+                             for seq in range(300)])
+        wait_until(lambda: len(central.records()) == 300, 30, "every record upstream")
+
+        def counted() -> bool:
+            return (central.last_status() or {}).get("counters", {}).get("spool_quarantined_files") == 2
+        wait_until(counted, 20, "a status message counting both strays")
+    finally:
+        assert collector.stop(timeout_s=10)
+        devices.close()
+        central.close()
+    assert not (spool / "99999999999999999999.seg").exists()
+    assert not (spool / "00000000000000000007.seg").exists()
+    assert sorted(key(r) for r in central.records()) == [("dev-1", 1, seq) for seq in range(300)]

@@ -95,6 +95,7 @@ COUNTER_NAMES = (
     "sent_batches",
     "dead_letters",
     "dead_letters_dropped",
+    "spool_quarantined_files",
     "errors",
     "reconnects",
 )
@@ -1032,6 +1033,8 @@ class Collector:
     def _update_spool_gauges(self) -> None:
         self._counters.set("spool_backlog_records", self.spool.backlog_records)
         self._counters.set("spool_bytes", self.spool.disk_bytes)
+        # files the spool found in its directory and moved aside (counted since open)
+        self._counters.set("spool_quarantined_files", self.spool.quarantined_files)
 
     def _pump(self, now: int) -> None:
         """Publish batches from the spool while fewer than max_inflight_batches await a PUBACK."""

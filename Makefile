@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-unit lint typecheck bench install clean
+.PHONY: demo test test-unit lint typecheck bench fuzz install clean
 
 demo: $(STAMP)  ## the whole path on embedded defaults: simulator -> collectors -> lake -> Beam -> signals
 	$(BIN)/fleetpulse demo $(DEMO_ARGS)
@@ -23,6 +23,10 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)  ## benchmarks: each prints candidate/baseline ratios measured in the same run
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+FUZZ_SECONDS ?= 600
+fuzz: $(STAMP)  ## hostile input through the validator, both decoders and the landing reader for FUZZ_SECONDS (not in CI)
+	$(BIN)/python -m tests.fuzz --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
 
 install: $(STAMP)
 

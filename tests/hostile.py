@@ -24,22 +24,30 @@ from __future__ import annotations
 
 import gzip
 import json
+import tempfile
 from dataclasses import dataclass
 from datetime import date
 from functools import cache
 from typing import Any
 
 import apache_beam as beam
+import paho.mqtt.client as mqtt
 import pyarrow as pa
+import pyarrow.parquet as pq
 from hypothesis import strategies as st
 
+from fleetpulse.pipeline.ingest.mqtt import MqttSourceConfig, ReaderSession
 from fleetpulse.pipeline.jobs.outputs import dead_letter_json
+from fleetpulse.pipeline.lake.landing import LandingWriter, iter_landing_rows
 from fleetpulse.pipeline.lake.schema import lake_schema
 from fleetpulse.pipeline.lake.storage import parquet_bytes, table_from_ipc, table_to_ipc
-from fleetpulse.pipeline.transforms.decode import Dead, dead_letter_row
-from fleetpulse.schemas import REASONS, load_contract
+from fleetpulse.pipeline.transforms.arrow_decode import ArrowDecoder
+from fleetpulse.pipeline.transforms.decode import Dead, LandingDecoder, dead_letter_row
+from fleetpulse.pipeline.transforms.status import InvalidStatus, parse_status
+from fleetpulse.schemas import REASONS, Rejection, Validator, dead_letter, load_contract
 
 CONTRACT = load_contract()
+VALIDATOR = Validator(CONTRACT)
 T0 = 1_709_510_400_000  # 2024-03-04T00:00:00Z
 RECEIVED = T0 + 600_000
 IDS = {"customer_id": "c1", "site_id": "s1", "gateway_id": "g1"}
@@ -336,3 +344,143 @@ def check_dead(dead: list[Dead], coder: str = "dead") -> list[dict[str, Any]]:
 
 def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=repr)
+
+
+# -------------------------------------------------------------------- properties
+# Each takes what its strategy draws and raises on a fault: the property tests run them with a
+# CI budget, the fuzz target (tests/fuzz) with minutes.
+
+LANDING_CHUNKS = st.lists(landing_rows(), min_size=1, max_size=6)
+RECORD_SETS = st.lists(st.lists(records(), max_size=8), min_size=1, max_size=4)
+TOPIC_BYTES = st.one_of(
+    st.binary(max_size=80),
+    st.builds(lambda ids: b"fleetpulse/v1/customers/%b/sites/s1/gateways/g1/batches" % ids, st.binary(max_size=6)),
+    st.just(TOPIC.encode()),
+)
+MQTT_MESSAGES = st.lists(st.tuples(TOPIC_BYTES, payloads()), min_size=1, max_size=4)
+
+
+def _reference(rows: list[Any]) -> tuple[list[dict[str, Any]], list[Dead]]:
+    decoder = LandingDecoder()
+    got: list[dict[str, Any]] = []
+    dead: list[Dead] = []
+    for landing in rows:
+        one, refused = decoder.decode(landing)
+        got += one
+        dead += refused
+    return got, dead
+
+
+def decode_landing_rows(rows: list[Any]) -> None:
+    """Per element: every row's records are lake rows or dead letters, each through every encoder."""
+    decoder = LandingDecoder()
+    for landing in rows:
+        got, dead = decoder.decode(landing)
+        check_rows(got)
+        check_dead(dead)
+        payload = landing.get("payload") if isinstance(landing, dict) else None
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8", "surrogatepass")
+        check_accounted(payload, got, dead)
+
+
+def compare_decoders(rows: list[Any]) -> None:
+    """Columnar: a chunk of landing rows gives the per-element decoder's rows and dead letters."""
+    columns = [[r.get(k) if isinstance(r, dict) else None for r in rows] for k in ("topic", "payload", "received_ms")]
+    decoded = ArrowDecoder().decode(*columns)
+    check_table(decoded.table)
+    letters = check_dead(decoded.dead, "table_dead")
+    expected_rows, expected_dead = _reference(
+        [{"topic": t, "payload": p, "received_ms": r} for t, p, r in zip(*columns, strict=True)])
+    assert sorted(map(canonical, decoded.table.to_pylist())) == sorted(map(canonical, expected_rows))
+    assert sorted(map(canonical, letters)) == sorted(canonical(dead_letter_row(d)) for d in expected_dead)
+
+
+def compare_on_records(batches: list[list[Any]], ascii_only: bool) -> None:
+    """Valid envelopes on their own topic, any records: both decoders agree on rows, reasons and details."""
+    payloads = [to_bytes(dumps({**ENVELOPE, "records": recs}, ascii_only=ascii_only)) for recs in batches]
+    landing = [{"topic": TOPIC, "payload": p, "received_ms": RECEIVED + i} for i, p in enumerate(payloads)]
+    for row in landing:
+        check_accounted(row["payload"], *LandingDecoder().decode(row))
+    compare_decoders(landing)
+
+
+def paho_message(topic: bytes, payload: bytes, mid: int = 1) -> mqtt.MQTTMessage:
+    """A message as paho's network thread builds it from a PUBLISH packet."""
+    message = mqtt.MQTTMessage(mid, topic)
+    message.payload, message.qos = payload, 1
+    return message
+
+
+class Reader:
+    """A ReaderSession with a real (unconnected) paho client, fed messages as its network thread would."""
+
+    def __init__(self) -> None:
+        self.clients: list[mqtt.Client] = []
+
+        def factory(*args: Any, **kwargs: Any) -> mqtt.Client:
+            self.clients.append(mqtt.Client(*args, **kwargs))
+            return self.clients[-1]
+
+        self.session = ReaderSession(MqttSourceConfig(), 0, client_factory=factory, clock_ms=lambda: RECEIVED)
+        self.acked: list[int] = []
+        self.clients[0].ack = lambda mid, qos: self.acked.append(mid)  # unconnected: nothing to send
+
+    def deliver(self, message: mqtt.MQTTMessage) -> Any:
+        client = self.clients[0]
+        client.on_message(client, None, message)
+        return self.session.poll(0)
+
+
+def land_mqtt_messages(messages: list[tuple[bytes, bytes]]) -> None:
+    """Streaming: broker message → landing row (the source's coder) → landing file → both decoders."""
+    reader = Reader()
+    rows = []
+    for mid, (topic, payload) in enumerate(messages, start=1):
+        delivery = reader.deliver(paho_message(topic, payload, mid))
+        if delivery is None:  # outside the subscription: acknowledged and counted, not landed
+            assert reader.acked[-1] == mid
+            continue
+        # The row _ReadMqttFn emits, through the coder of the source's PCollection.
+        row = {"topic": delivery.topic, "payload": delivery.payload, "received_ms": delivery.received_ms}
+        assert through(coders()["mqtt"], row) == row
+        rows.append(row)
+    assert reader.session.counters["received"] + reader.session.counters["unmatched"] == len(messages)
+    if not rows:
+        return
+    with tempfile.TemporaryDirectory() as lake:
+        writer = LandingWriter(lake)
+        for row in rows:
+            writer.add(row["topic"], row["payload"], row["received_ms"])
+        path = writer.commit()
+        assert path is not None
+        landed = list(iter_landing_rows(path))
+        table = pq.read_table(path)
+    assert landed == rows
+    decode_landing_rows(landed)
+    decoded = ArrowDecoder().decode(*(table[name].to_pylist() for name in ("topic", "payload", "received_ms")))
+    check_table(decoded.table)
+    check_dead(decoded.dead, "table_dead")
+
+
+def decode_status(topic: str, payload: bytes) -> None:
+    """The status zone's decoder (DecodeGatewayStatus's step): a row or a dead letter, never a crash."""
+    try:
+        parse_status(topic, payload, RECEIVED)
+    except InvalidStatus as exc:
+        letter = dead_letter(Rejection(exc.reason, exc.detail), source="pipeline:status", topic=topic,
+                             at_ms=RECEIVED, payload=payload)
+        check_dead_letter(letter, "status_dead")
+
+
+def validate_as_the_gateway_does(payload: bytes, device_id: str | None) -> None:
+    """The shared Validator on a device message, and the gateway's dead letters (a sample on its SD card)."""
+    valid, rejected = VALIDATOR.device_payload(payload, now_ms=RECEIVED, device_id=device_id)
+    for record in valid:
+        assert through(coders()["rows"], record) == record
+    for rejection in rejected:
+        assert rejection.reason in REASONS
+        for sample in (None, 64):
+            row = dead_letter(rejection, source="gateway:g1", topic="t", at_ms=RECEIVED, payload=payload,
+                              sample_bytes=sample)
+            check_dead_letter(row)

@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import gzip
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -38,15 +36,14 @@ from hypothesis import strategies as st
 from fleetpulse.devices.simulator.simulation import SimulationConfig
 from fleetpulse.errors import quote
 from fleetpulse.pipeline.health.config import load_health_model
-from fleetpulse.pipeline.ingest.mqtt import MqttSourceConfig, ReaderSession
 from fleetpulse.pipeline.ingest.sinks import read_json_lines_parts
 from fleetpulse.pipeline.jobs.backfill import JobConfig
 from fleetpulse.pipeline.jobs.cli import run_job
 from fleetpulse.pipeline.lake.landing import LandingWriter, iter_landing_rows
 from fleetpulse.pipeline.transforms.arrow_decode import ArrowDecoder
-from fleetpulse.pipeline.transforms.decode import LandingDecoder, dead_letter_row
+from fleetpulse.pipeline.transforms.decode import LandingDecoder
 from fleetpulse.pipeline.transforms.status import InvalidStatus, parse_status
-from fleetpulse.schemas import REASONS, Rejection, dead_letter, load_contract
+from fleetpulse.schemas import REASONS, load_contract
 from fleetpulse.schemas.accounts import load_accounts
 
 from . import hostile
@@ -257,9 +254,9 @@ def test_a_topic_that_is_not_utf8_lands_as_escaped_text_and_decodes_to_a_topic_m
     good = hostile.to_bytes(hostile.dumps({**hostile.ENVELOPE, "records": [hostile.HEARTBEAT]}))
     # paho raises on message.topic, in its network thread: the reader would stop for good.
     with pytest.raises(UnicodeDecodeError):
-        _ = paho_message(raw, good).topic
-    reader = Reader()
-    delivery = reader.deliver(paho_message(raw, good))
+        _ = hostile.paho_message(raw, good).topic
+    reader = hostile.Reader()
+    delivery = reader.deliver(hostile.paho_message(raw, good))
     assert delivery is not None and delivery.topic == "fleetpulse/v1/customers/c\\xff1/sites/s1/gateways/g1/batches"
     # The landing writer takes it (and a str with a lone surrogate) instead of failing the whole file.
     writer = LandingWriter(tmp_path)
@@ -283,143 +280,38 @@ def test_a_status_message_too_long_a_number_or_too_deep_is_not_json() -> None:
 
 
 # ------------------------------------------------------------------ properties
+# The bodies are hostile.py's, shared with the fuzz target (make fuzz); here with a CI budget.
+
+SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(hostile.landing_rows(), min_size=1, max_size=4))
+@settings(SETTINGS, max_examples=120)
+@given(hostile.LANDING_CHUNKS)
 def test_any_landing_row_becomes_lake_rows_or_dead_letters_that_every_encoder_takes(rows: list[Any]) -> None:
-    decoder = LandingDecoder()
-    for landing in rows:
-        got, dead = decoder.decode(landing)
-        hostile.check_rows(got)
-        hostile.check_dead(dead)
-        payload = landing.get("payload") if isinstance(landing, dict) else None
-        if isinstance(payload, str):
-            payload = payload.encode("utf-8", "surrogatepass")
-        hostile.check_accounted(payload, got, dead)
+    hostile.decode_landing_rows(rows)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(hostile.landing_rows(), min_size=1, max_size=6))
+@settings(SETTINGS, max_examples=80)
+@given(hostile.LANDING_CHUNKS)
 def test_the_arrow_decoder_decides_any_landing_chunk_as_the_landing_decoder_does(rows: list[Any]) -> None:
-    columns = [[r.get(k) if isinstance(r, dict) else None for r in rows] for k in ("topic", "payload", "received_ms")]
-    decoded = ArrowDecoder().decode(*columns)
-    hostile.check_table(decoded.table)
-    letters = hostile.check_dead(decoded.dead, "table_dead")
-    reference = LandingDecoder()
-    expected_rows: list[dict[str, Any]] = []
-    expected_dead: list[Any] = []
-    for topic, payload, received in zip(*columns, strict=True):
-        got, dead = reference.decode({"topic": topic, "payload": payload, "received_ms": received})
-        expected_rows += got
-        expected_dead += dead
-    assert sorted(map(hostile.canonical, decoded.table.to_pylist())) == sorted(map(hostile.canonical, expected_rows))
-    assert sorted(map(hostile.canonical, letters)) == sorted(
-        hostile.canonical(dead_letter_row(d)) for d in expected_dead)
+    hostile.compare_decoders(rows)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.lists(hostile.records(), max_size=8), min_size=1, max_size=4), st.booleans())
+@settings(SETTINGS, max_examples=80)
+@given(hostile.RECORD_SETS, st.booleans())
 def test_per_element_and_columnar_give_equal_rows_and_dead_letters_on_any_records(
     batches: list[list[Any]], ascii_only: bool
 ) -> None:
-    """Valid envelopes on their own topic: every difference is in the records (tier 1 and 2 get a say)."""
-    payloads = [hostile.to_bytes(hostile.dumps({**hostile.ENVELOPE, "records": recs}, ascii_only=ascii_only))
-                for recs in batches]
-    n = len(payloads)
-    decoded = ArrowDecoder().decode([hostile.TOPIC] * n, payloads, [hostile.RECEIVED + i for i in range(n)])
-    reference = LandingDecoder()
-    rows: list[dict[str, Any]] = []
-    dead: list[Any] = []
-    for i, payload in enumerate(payloads):
-        got, refused = reference.decode({"topic": hostile.TOPIC, "payload": payload, "received_ms": hostile.RECEIVED + i})
-        hostile.check_accounted(payload, got, refused)
-        rows += got
-        dead += refused
-    assert sorted(map(hostile.canonical, decoded.table.to_pylist())) == sorted(map(hostile.canonical, rows))
-    columnar = sorted(hostile.canonical(dead_letter_row(d)) for d in decoded.dead)
-    assert columnar == sorted(hostile.canonical(dead_letter_row(d)) for d in dead)  # reason and detail too
+    hostile.compare_on_records(batches, ascii_only)
 
 
-def paho_message(topic: bytes, payload: bytes, mid: int = 1) -> mqtt.MQTTMessage:
-    """A message as paho's network thread builds it from a PUBLISH packet."""
-    message = mqtt.MQTTMessage(mid, topic)
-    message.payload, message.qos = payload, 1
-    return message
-
-
-class Reader:
-    """A ReaderSession with a real (unconnected) paho client, fed messages as its network thread would."""
-
-    def __init__(self) -> None:
-        self.clients: list[mqtt.Client] = []
-
-        def factory(*args: Any, **kwargs: Any) -> mqtt.Client:
-            self.clients.append(mqtt.Client(*args, **kwargs))
-            return self.clients[-1]
-
-        self.session = ReaderSession(MqttSourceConfig(), 0, client_factory=factory, clock_ms=lambda: hostile.RECEIVED)
-        self.acked: list[int] = []
-        self.clients[0].ack = lambda mid, qos: self.acked.append(mid)  # unconnected: nothing to send
-
-    def deliver(self, message: mqtt.MQTTMessage) -> Any:
-        client = self.clients[0]
-        client.on_message(client, None, message)
-        return self.session.poll(0)
-
-
-TOPIC_BYTES = st.one_of(
-    st.binary(max_size=80),
-    st.builds(lambda ids: b"fleetpulse/v1/customers/%b/sites/s1/gateways/g1/batches" % ids, st.binary(max_size=6)),
-    st.just(hostile.TOPIC.encode()),
-)
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(TOPIC_BYTES, hostile.payloads()), min_size=1, max_size=4))
+@settings(SETTINGS, max_examples=60)
+@given(hostile.MQTT_MESSAGES)
 def test_any_mqtt_message_lands_and_decodes_on_the_streaming_path(messages: list[tuple[bytes, bytes]]) -> None:
-    """Broker message → landing row (the source's coder) → landing file → both decoders, never an exception."""
-    reader = Reader()
-    rows = []
-    for mid, (topic, payload) in enumerate(messages, start=1):
-        delivery = reader.deliver(paho_message(topic, payload, mid))
-        if delivery is None:  # outside the subscription: acknowledged and counted, not landed
-            assert reader.acked[-1] == mid
-            continue
-        # The row _ReadMqttFn emits, through the coder of the source's PCollection.
-        row = {"topic": delivery.topic, "payload": delivery.payload, "received_ms": delivery.received_ms}
-        assert hostile.through(hostile.coders()["mqtt"], row) == row
-        rows.append(row)
-    assert reader.session.counters["received"] + reader.session.counters["unmatched"] == len(messages)
-    if not rows:
-        return
-    with tempfile.TemporaryDirectory() as lake:
-        writer = LandingWriter(lake)
-        for row in rows:
-            writer.add(row["topic"], row["payload"], row["received_ms"])
-        path = writer.commit()
-        assert path is not None
-        landed = list(iter_landing_rows(path))
-        table = pq.read_table(path)
-    assert landed == rows
-    decoder = LandingDecoder()
-    for row in landed:
-        got, dead = decoder.decode(row)
-        hostile.check_rows(got)
-        hostile.check_dead(dead)
-        hostile.check_accounted(row["payload"], got, dead)
-    decoded = ArrowDecoder().decode(*(table[name].to_pylist() for name in ("topic", "payload", "received_ms")))
-    hostile.check_table(decoded.table)
-    hostile.check_dead(decoded.dead, "table_dead")
+    hostile.land_mqtt_messages(messages)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(SETTINGS, max_examples=60)
 @given(hostile.TOPICS, hostile.payloads())
 def test_any_status_message_is_a_status_row_or_a_dead_letter(topic: str, payload: bytes) -> None:
-    """The status zone's decoder (DecodeGatewayStatus's step) never raises on content either."""
-    try:
-        parse_status(topic, payload, hostile.RECEIVED)
-    except InvalidStatus as exc:
-        letter = dead_letter(Rejection(exc.reason, exc.detail), source="pipeline:status", topic=topic,
-                             at_ms=hostile.RECEIVED, payload=payload)
-        hostile.check_dead_letter(letter, "status_dead")
+    hostile.decode_status(topic, payload)

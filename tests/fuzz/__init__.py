@@ -1,0 +1,1 @@
+"""The fuzz target of ``make fuzz`` (run with ``python -m tests.fuzz``); not collected by pytest."""

@@ -102,3 +102,37 @@ class StderrTail:
     def read(self) -> bytes:
         self.text += self._stream.read() or b""
         return self.text
+
+
+def test_a_full_disk_acknowledges_nothing_until_the_files_commit(mosquitto, tmp_path, caplog):
+    """ENOSPC on commit: the messages stay buffered and unacknowledged (the broker keeps them),
+    the error is counted, and once the disk takes files again everything lands once."""
+    import errno
+
+    lake = tmp_path / "lake"
+    lander = Lander(LanderConfig(lake=lake, port=mosquitto.port, commit_interval_ms=50))
+    writer = lander._writers["landing"]
+    real_commit = writer.commit
+    full = True
+
+    def commit():
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_commit()
+
+    writer.commit = commit
+    lander.start()
+    try:
+        batches = [(batch_topic(i), json.dumps({"n": i}).encode()) for i in range(300)]
+        publish(mosquitto.port, batches)
+        # The broker stops sending at its in-flight window: the rest waits there.
+        wait_until(lambda: lander.snapshot()["errors"] >= 3, what="commits refused by the full disk")
+        assert lander.snapshot()["received_messages"] > 0
+        assert lander.snapshot()["committed_messages"] == 0 and landed(lake) == []
+        full = False
+        wait_until(lambda: lander.snapshot()["committed_messages"] == 300, what="the backlog committed")
+    finally:
+        lander.stop()
+    assert sorted(landed(lake)) == sorted(p for _, p in batches)
+    refusals = [r for r in caplog.records if "landing commit" in r.getMessage() and r.levelname == "ERROR"]
+    assert len(refusals) == 1, "one line per failure episode, not one per retry"

@@ -78,6 +78,7 @@ class Lander:
             for zone in ("landing", "status")
         }
         self._unacked: list[tuple[int, int]] = []  # (mid, qos) waiting for the next commit
+        self._commit_failing: str | None = None  # the error of a commit failure episode
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._timer: threading.Thread | None = None
@@ -176,10 +177,19 @@ class Lander:
                 for writer in self._writers.values():
                     if writer.commit() is not None:
                         self.counters["committed_files"] += 1
-            except OSError:
+            except OSError as exc:
                 self.counters["errors"] += 1
-                log.exception("landing commit failed; the broker keeps the messages, will retry")
+                # Logged once per episode: a full disk retried every commit interval
+                # must not become a flood of tracebacks.
+                if self._commit_failing is None:
+                    log.error("landing commit into %s failed: %s; acknowledging nothing (the broker "
+                              "keeps the messages) and retrying every commit", self.config.lake, exc)
+                self._commit_failing = str(exc)
                 return False
+            if self._commit_failing is not None:
+                log.warning("landing commits into %s succeed again after %s", self.config.lake,
+                            self._commit_failing)
+                self._commit_failing = None
             acks, self._unacked = self._unacked, []
             self.counters["committed_messages"] += len(acks)
         if ack:

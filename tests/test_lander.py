@@ -136,3 +136,21 @@ def test_a_full_disk_acknowledges_nothing_until_the_files_commit(mosquitto, tmp_
     assert sorted(landed(lake)) == sorted(p for _, p in batches)
     refusals = [r for r in caplog.records if "landing commit" in r.getMessage() and r.levelname == "ERROR"]
     assert len(refusals) == 1, "one line per failure episode, not one per retry"
+
+
+def test_a_topic_that_is_not_utf8_lands_escaped_instead_of_stopping_the_lander(tmp_path):
+    """paho's message.topic raises on bytes that are not UTF-8, inside its network thread."""
+
+    class Message:
+        mid, qos, payload = 1, 0, b"{}"
+
+        @property
+        def topic(self):
+            raise UnicodeDecodeError("utf-8", b"fleetpulse/\xff/batches", 11, 12, "invalid start byte")
+
+    lake = tmp_path / "lake"
+    lander = Lander(LanderConfig(lake=lake))
+    lander._on_message(lander._client, None, Message())
+    assert lander.commit(ack=False)
+    rows = [row for f in landing_files(lake) for row in iter_landing_rows(f)]
+    assert [(row["topic"], row["payload"]) for row in rows] == [("fleetpulse/\\xff/batches", b"{}")]

@@ -29,7 +29,7 @@ from fleetpulse import mqtt_tls
 from fleetpulse.errors import TransientError
 from fleetpulse.schemas import load_contract
 
-from .landing import LandingWriter
+from .landing import LandingWriter, message_topic
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +155,12 @@ class Lander:
             log.warning("lander lost the central broker (%s); paho reconnects", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        zone = "status" if message.topic.endswith("/status") else "landing"
+        topic = message_topic(message)  # never raises: a non-UTF-8 topic lands escaped
+        zone = "status" if topic.endswith("/status") else "landing"
         with self._lock:
             self.counters["received_messages"] += 1
             self.counters["received_bytes"] += len(message.payload)
-            full = self._writers[zone].add(message.topic, bytes(message.payload), self._clock_ms())
+            full = self._writers[zone].add(topic, bytes(message.payload), self._clock_ms())
             self._unacked.append((message.mid, message.qos))
             due = full or len(self._unacked) >= self.config.commit_max_messages
         if due:

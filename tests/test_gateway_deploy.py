@@ -1,45 +1,29 @@
 """The gateway deploy files work as shipped: the local broker config runs on real
-Mosquitto (devices authenticated and confined to their own topic, the collector
-on loopback), and the systemd unit passes `systemd-analyze verify`."""
+Mosquitto the way INSTALL.md installs it, included from Debian's mosquitto.conf
+(devices authenticated and confined to their own topic, the collector on
+loopback), and the systemd unit passes `systemd-analyze verify`. What a broker
+crash may lose is tested in test_broker_crash.py."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from . import servers
+from .gateway_broker import DEPLOY
+from .gateway_broker import gateway_broker as installed_broker
 from .servers import wait_until
 
 pytestmark = pytest.mark.integration
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "gateway"
-
-
 @pytest.fixture
 def gateway_broker(tmp_path):
-    """deploy/gateway/mosquitto.conf with its paths moved into tmp_path and free ports."""
-    device_port, collector_port = servers.free_port(), servers.free_port()
-    passwd = tmp_path / "fleetpulse.passwd"
-    passwd.touch()
-    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "dev-1", "s3cret"], check=True)
-    acl = tmp_path / "fleetpulse.acl"
-    shutil.copy(DEPLOY / "mosquitto.acl", acl)
-    conf = (DEPLOY / "mosquitto.conf").read_text()
-    conf = (conf.replace("/var/lib/mosquitto/", f"{tmp_path}/")
-            .replace("/etc/mosquitto/fleetpulse.passwd", str(passwd))
-            .replace("/etc/mosquitto/fleetpulse.acl", str(acl))
-            .replace("listener 1883\n", f"listener {device_port} 127.0.0.1\n")
-            .replace("listener 1884 127.0.0.1", f"listener {collector_port} 127.0.0.1")
-            .replace("log_dest syslog", "log_dest stdout"))
-    (tmp_path / "mosquitto.conf").write_text(conf + "user root\n")
-    server = servers.Server("mosquitto", [servers.require_binary("mosquitto"), "-c", str(tmp_path / "mosquitto.conf")],
-                            device_port, tmp_path, ready=lambda: servers._port_open(collector_port)).start()
-    yield device_port, collector_port
-    server.stop()
+    """deploy/gateway/mosquitto.conf as installed (included from Debian's mosquitto.conf), free ports."""
+    broker = installed_broker(tmp_path, devices={"dev-1": "s3cret"}).start()
+    yield broker.device_port, broker.collector_port
+    broker.stop()
 
 
 def client(port: int, client_id: str, username: str | None = None, password: str | None = None) -> mqtt.Client:

@@ -33,6 +33,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from fleetpulse.cli import main
 from fleetpulse.devices.collector.collector import BrokerRefused, Collector
@@ -50,7 +52,10 @@ CONTRACT = load_contract()
 GW1 = {"customer_id": "c-0001", "site_id": "c-0001-s1", "gateway_id": "c-0001-gw1"}
 GW2 = {"customer_id": "c-0002", "site_id": "c-0002-s1", "gateway_id": "c-0002-gw1"}
 LANDER = "fleetpulse-lander"
-PASSWORDS = {"c-0001-gw1": "gw1-secret", "c-0002-gw1": "gw2-secret", LANDER: "lander-secret"}
+STATUS_LANDER = "fleetpulse-status"
+INGEST_READERS = ("fleetpulse-ingest-0", "fleetpulse-ingest-1")  # one user per reader: the id binding
+PASSWORDS = {"c-0001-gw1": "gw1-secret", "c-0002-gw1": "gw2-secret", LANDER: "lander-secret",
+             STATUS_LANDER: "status-secret", **dict.fromkeys(INGEST_READERS, "ingest-secret")}
 
 
 def batches(ids: dict[str, str]) -> str:
@@ -120,8 +125,8 @@ def gateway_config_text(ids: dict[str, str], *, local_port: int = 1883, upstream
     return text.replace('tls = false\nusername = ""\n', upstream) if upstream else text
 
 
-def generated_acl(folder: Path, capsys: pytest.CaptureFixture[str]) -> str:
-    """``fleetpulse gateway acl`` over configs of gateways c-0001-gw1 and c-0002-gw1."""
+def generated_acl(folder: Path, capsys: pytest.CaptureFixture[str], readers: tuple[str, ...] = ()) -> str:
+    """``fleetpulse gateway acl`` over configs of gateways c-0001-gw1 and c-0002-gw1 (and ``readers``)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for ids in (GW1, GW2):
@@ -129,7 +134,7 @@ def generated_acl(folder: Path, capsys: pytest.CaptureFixture[str]) -> str:
         path.write_text(gateway_config_text(ids, upstream=f'tls = true\nusername = "{ids["gateway_id"]}"\n'))
         paths.append(str(path))
     capsys.readouterr()
-    assert main(["gateway", "acl", *paths]) == 0
+    assert main(["gateway", "acl", *paths, *(f"--reader={r}" for r in readers)]) == 0
     return capsys.readouterr().out
 
 
@@ -182,15 +187,19 @@ class TlsClient:
     """A paho client over TLS that records CONNACKs, disconnects, PUBACK/SUBACK reasons and messages."""
 
     def __init__(self, port: int, client_id: str, ca: Path, *, username: str | None = None,
-                 cert: tuple[Path, Path] | None = None) -> None:
+                 cert: tuple[Path, Path] | None = None,
+                 protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5,
+                 clean: bool = True) -> None:
+        """``clean``: a clean start (MQTT 5) or clean session (3.1.1), else resume the session."""
         self.lock = threading.Lock()
         self.connacks: list[Any] = []
         self.disconnects: list[Any] = []
         self.pubacks: dict[int, Any] = {}
         self.subacks: list[list[Any]] = []
         self.messages: list[tuple[str, bytes]] = []
+        v5 = protocol == mqtt.MQTTv5
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=mqtt.MQTTv5)
+                                  protocol=protocol, clean_session=None if v5 else clean)
         self.client.tls_set(ca_certs=str(ca), certfile=str(cert[0]) if cert else None,
                             keyfile=str(cert[1]) if cert else None, cert_reqs=ssl.CERT_REQUIRED)
         if username:
@@ -201,7 +210,12 @@ class TlsClient:
         self.client.on_publish = self._on_publish
         self.client.on_subscribe = lambda c, u, mid, reasons, p: self._add(self.subacks, list(reasons))
         self.client.on_message = lambda c, u, m: self._add(self.messages, (m.topic, bytes(m.payload)))
-        self.client.connect("127.0.0.1", port)
+        if v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 0 if clean else 3600
+            self.client.connect("127.0.0.1", port, clean_start=clean, properties=props)
+        else:
+            self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
     def _add(self, items: list[Any], item: Any) -> None:
@@ -264,10 +278,11 @@ def delivered(lander: TlsClient) -> set[tuple[str, int]]:
     return {(r["device_id"], r["seq"]) for p in payloads for r in json.loads(p)["records"]}
 
 
-def write_collector_config(folder: Path, local: Server, central: Server, upstream: str) -> Path:
+def write_collector_config(folder: Path, local: Server, central: Server, upstream: str,
+                           ids: dict[str, str] = GW1) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "gateway.toml"
-    path.write_text(gateway_config_text(GW1, local_port=local.port, upstream_port=central.port,
+    path.write_text(gateway_config_text(ids, local_port=local.port, upstream_port=central.port,
                                         upstream=upstream)
                     .replace("keepalive_s = 30\n[batch]", "keepalive_s = 30\nconnect_timeout_s = 2\n"
                              "reconnect_min_ms = 50\nreconnect_max_ms = 200\n[batch]"))
@@ -445,7 +460,8 @@ def test_acl_command_prints_one_block_per_gateway_and_the_readers(
 # from the gateways' collector configs: regenerate it (and reload Mosquitto
 # with SIGHUP) whenever a gateway is added, moved or removed; don't edit it.
 # A gateway may write only its own customer's, site's and gateway's topics;
-# a user with no block here may do nothing.
+# a user with no block here may do nothing. Each username is also its
+# client id (use_username_as_clientid): one connection, one session per user.
 
 # gateway c-0001-gw1 of customer c-0001, site c-0001-s1
 user c-0001-gw1
@@ -478,6 +494,16 @@ def test_acl_command_refuses_two_gateways_with_one_username(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert str(second) in err and "upstream.username" in err and str(first) in err
+
+
+def test_acl_command_refuses_a_reader_given_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The broker binds a client id to its username: two readers cannot share one.
+    path = tmp_path / "a.toml"
+    path.write_text(gateway_config_text(GW1, upstream="tls = true\n"))
+    assert main(["gateway", "acl", str(path), "--reader", "fleetpulse-ingest-0",
+                 "--reader", "fleetpulse-ingest-0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--reader" in err and "'fleetpulse-ingest-0'" in err
 
 
 def test_shipped_central_acl_is_the_generated_one_for_the_sample_gateway(

@@ -13,9 +13,14 @@ none.
 The username is ``upstream.username``, or the gateway id when it is empty (a
 gateway authenticated by its client certificate alone, with Mosquitto's
 ``use_identity_as_username true``, must then have the gateway id as the
-certificate's CN). Configs are validated as the collector would validate them,
-but without the environment and without reading any secret: generating an ACL
-needs neither the gateways' passwords nor their keys.
+certificate's CN). The central broker binds client ids to usernames
+(``use_username_as_clientid true`` in ``deploy/central/mosquitto.conf``), so a
+username here is also the one session its owner may have: no two gateways or
+readers share one, and a reader that connects several times (the streaming
+job's readers) needs one user per connection, each passed as ``--reader``.
+Configs are validated as the collector would validate them, but without the
+environment and without reading any secret: generating an ACL needs neither
+the gateways' passwords nor their keys.
 
 Standard library only.
 """
@@ -101,11 +106,15 @@ def grants_from_files(paths: Iterable[str | Path]) -> list[GatewayGrant]:
 def render_acl(grants: Sequence[GatewayGrant], readers: Sequence[str] = DEFAULT_READERS) -> str:
     """The Mosquitto ACL text: one block per gateway (sorted), then the readers' blocks."""
     contract = load_contract()
-    for reader in readers:
+    for i, reader in enumerate(readers):
         if not _USERNAME_RE.fullmatch(reader):
             raise ConfigError(source="command line", key="--reader",
                               problem=f"{reader!r} cannot be written in a Mosquitto ACL",
                               fix="use a username without spaces that does not start with '#'")
+        if reader in readers[:i]:
+            raise ConfigError(source="command line", key="--reader",
+                              problem=f"{reader!r} is given twice",
+                              fix="give each reader connection its own username (it is its client id)")
     for grant in grants:
         if grant.username in readers:
             raise ConfigError(source=grant.source, key="upstream.username",
@@ -117,7 +126,8 @@ def render_acl(grants: Sequence[GatewayGrant], readers: Sequence[str] = DEFAULT_
         "# from the gateways' collector configs: regenerate it (and reload Mosquitto",
         "# with SIGHUP) whenever a gateway is added, moved or removed; don't edit it.",
         "# A gateway may write only its own customer's, site's and gateway's topics;",
-        "# a user with no block here may do nothing.",
+        "# a user with no block here may do nothing. Each username is also its",
+        "# client id (use_username_as_clientid): one connection, one session per user.",
     ]
     for grant in sorted(grants, key=lambda g: (g.customer_id, g.site_id, g.gateway_id)):
         batches, status = grant.topics()

@@ -300,8 +300,10 @@ class ReaderSession:
         if config.tls:
             self._client.tls_set_context(mqtt_tls.client_context(config.ca_file, TLS_SETTINGS))
         if config.username:
+            # "{reader}" in it: one user per reader, as a broker binding client ids to users needs.
             self._client.username_pw_set(
-                config.username, password if password is not None else broker_password(config)
+                config.username.replace("{reader}", str(reader)),
+                password if password is not None else broker_password(config),
             )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect

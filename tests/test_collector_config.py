@@ -75,7 +75,11 @@ def test_defaults_fill_optional_keys(tmp_path: Path) -> None:
         (lambda t: t.replace("interval_s = 60", "interval_s = 0"), "status.interval_s"),
         (lambda t: t.replace('site_id = "c-0001-s1"', 'site_id = "site one"'), "gateway.site_id"),
         (lambda t: t.replace("keepalive_s = 30", "keepalive_s = 1"), "upstream.keepalive_s"),
-        (lambda t: t.replace('topic_prefix = ""', 'topic_prefix = "sim/#/"'), "local.topic_prefix"),
+        (lambda t: t.replace('topic_prefix = ""', 'topic_prefix = "sim/#/"'),
+         "local.topic_prefix"),
+        # a local session that ends with the connection would drop what was queued for the collector
+        (lambda t: t.replace('topic_prefix = ""', 'topic_prefix = ""\nsession_expiry_s = 0'),
+         "local.session_expiry_s"),
         (lambda t: t.replace('"fleetpulse-gw-c-0001-gw1-local"', '"fleetpulse-gw-c-0001-gw1"'),
          "upstream.client_id"),
         (lambda t: t.replace("port = 1883", "port = 70000", 1), "local.port"),

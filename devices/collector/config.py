@@ -343,7 +343,10 @@ def _validate(reader: _Reader, config: CollectorConfig) -> CollectorConfig:
                              "set the broker's host name or address only (no scheme, no port)")
         _check_range(reader, section, "port", part.port, 1, 65535, "")
         _check_range(reader, section, "keepalive_s", part.keepalive_s, 5, 65535, "seconds")
-        _check_range(reader, section, "session_expiry_s", part.session_expiry_s, 0, 4294967295, "seconds")
+        # A local session that ends with the connection drops every device message
+        # queued for the collector while it restarts: the local broker must keep it.
+        _check_range(reader, section, "session_expiry_s", part.session_expiry_s,
+                     60 if section == "local" else 0, 4294967295, "seconds")
         _check_client_id(reader, section, part.client_id)
         if part.protocol not in MQTT_PROTOCOLS:
             raise reader.bad(section, "protocol", f"{part.protocol!r} is not an MQTT version we speak",

@@ -59,7 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="central broker host:port (default 127.0.0.1:1883)")
     parser.add_argument("--tls", action="store_true", help="connect with TLS")
     parser.add_argument("--ca-file", help="CA bundle for --tls (default: the system's)")
-    parser.add_argument("--username", help="broker user name")
+    parser.add_argument("--username", help="broker user name; \"{reader}\" in it is replaced by each "
+                        "reader's number, for a broker that binds client ids to users "
+                        "(deploy/central: --username 'fleetpulse-ingest-{reader}')")
     parser.add_argument("--password-env", default="FLEETPULSE_MQTT_PASSWORD",
                         help="environment variable holding the broker password (local runners)")
     parser.add_argument("--password-secret",

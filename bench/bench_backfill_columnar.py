@@ -28,7 +28,7 @@ Three ways to the same device-hour rollups:
     no dedupe, no Beam.
 
 First (a) and (b) run once each on the backfill job's runner options
-(:func:`~fleetpulse.pipeline.jobs.cli.local_beam_args`) and write their
+(:func:`~fleetpulse.pipeline.jobs.backfill.local_beam_args`) and write their
 device hours as Parquet; the rows must be identical or the run fails. The
 timed runs compute the same and only count the result in a Beam counter (no
 sink, no stage of its own, in either).
@@ -61,10 +61,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from fleetpulse.devices.simulator.generate import TelemetryGenerator
 from fleetpulse.devices.simulator.simulation import SimulationConfig
-from fleetpulse.pipeline.jobs.cli import local_beam_args
-from fleetpulse.pipeline.jobs.outputs import DEVICE_HOUR_SCHEMA, device_hour_row
-from fleetpulse.pipeline.lake.archive import ReadLanding, ReadLandingTables
+from fleetpulse.pipeline.jobs.backfill import local_beam_args
 from fleetpulse.pipeline.lake.landing import LandingWriter, landing_files
+from fleetpulse.pipeline.outputs.tables import DEVICE_HOUR_SCHEMA, device_hour_row
+from fleetpulse.pipeline.sources.lake import ReadLanding, ReadLandingTables
 from fleetpulse.pipeline.transforms import DecodeBatches, DedupeRecords, DeviceHourlyRollups
 from fleetpulse.pipeline.transforms.arrow_decode import ArrowDecoder, _json_schema
 from fleetpulse.pipeline.transforms.columnar import (

@@ -42,15 +42,15 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
 COMMANDS: tuple[Command, ...] = (
     Command("simulate", "fleetpulse.devices.simulator.cli", "simulate a seeded fleet of customers and devices"),
     Command("gateway", "fleetpulse.devices.collector.cli", "run the gateway collector"),
-    Command("land", "fleetpulse.pipeline.lake.cli", "land central-broker batches in the Parquet lake", (PIPELINE,)),
-    Command("backfill", "fleetpulse.pipeline.jobs.cli", "batch job over the lake: rollups, signals, alerts", (PIPELINE,)),
-    Command("ingest", "fleetpulse.pipeline.ingest.cli", "streaming job: central broker to the lake, InfluxDB and alerts", (PIPELINE,)),
-    Command("health", "fleetpulse.pipeline.report.cli", "print the portfolio table or one account explained", (PIPELINE,)),
-    Command("retention", "fleetpulse.pipeline.analytics.cli", "usage retention by cohort and segment, and CSM coverage", (PIPELINE,)),
-    Command("report", "fleetpulse.pipeline.report.html_cli", "a self-contained HTML portfolio report", (PIPELINE,)),
-    Command("playbooks", "fleetpulse.pipeline.playbooks.cli", "check, dry-run or run playbooks: alerts and digital touches", (PIPELINE,)),
-    Command("alerts", "fleetpulse.pipeline.playbooks.alerts_cli", "list playbook episodes and failed deliveries; snooze", (PIPELINE,)),
-    Command("demo", "fleetpulse.pipeline.demo", "the whole path on embedded defaults", (PIPELINE, DEMO)),
+    Command("land", "fleetpulse.pipeline.cli.land", "land central-broker batches in the Parquet lake", (PIPELINE,)),
+    Command("backfill", "fleetpulse.pipeline.cli.backfill", "batch job over the lake: rollups, signals, alerts", (PIPELINE,)),
+    Command("ingest", "fleetpulse.pipeline.cli.ingest", "streaming job: central broker to the lake, InfluxDB and alerts", (PIPELINE,)),
+    Command("health", "fleetpulse.pipeline.cli.health", "print the portfolio table or one account explained", (PIPELINE,)),
+    Command("retention", "fleetpulse.pipeline.cli.retention", "usage retention by cohort and segment, and CSM coverage", (PIPELINE,)),
+    Command("report", "fleetpulse.pipeline.cli.report", "a self-contained HTML portfolio report", (PIPELINE,)),
+    Command("playbooks", "fleetpulse.pipeline.cli.playbooks", "check, dry-run or run playbooks: alerts and digital touches", (PIPELINE,)),
+    Command("alerts", "fleetpulse.pipeline.cli.alerts", "list playbook episodes and failed deliveries; snooze", (PIPELINE,)),
+    Command("demo", "fleetpulse.pipeline.cli.demo", "the whole path on embedded defaults", (PIPELINE, DEMO)),
 )
 
 

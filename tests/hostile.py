@@ -36,11 +36,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from hypothesis import strategies as st
 
-from fleetpulse.pipeline.ingest.mqtt import MqttSourceConfig, ReaderSession
-from fleetpulse.pipeline.jobs.outputs import dead_letter_json
 from fleetpulse.pipeline.lake.landing import LandingWriter, iter_landing_rows
 from fleetpulse.pipeline.lake.schema import lake_schema
 from fleetpulse.pipeline.lake.storage import parquet_bytes, table_from_ipc, table_to_ipc
+from fleetpulse.pipeline.outputs.tables import dead_letter_json
+from fleetpulse.pipeline.sources.mqtt import MqttSourceConfig, ReaderSession
 from fleetpulse.pipeline.transforms.arrow_decode import ArrowDecoder
 from fleetpulse.pipeline.transforms.decode import Dead, LandingDecoder, dead_letter_row
 from fleetpulse.pipeline.transforms.status import InvalidStatus, parse_status
@@ -242,8 +242,8 @@ def landing_rows(draw: st.DrawFn) -> Any:
 @cache
 def coders() -> dict[str, beam.coders.Coder]:
     """The coder of every PCollection a decoder output travels in, as Beam picks it."""
-    from fleetpulse.pipeline.ingest.mqtt import ReadFromMqtt
-    from fleetpulse.pipeline.lake.archive import ReadLanding
+    from fleetpulse.pipeline.sources.lake import ReadLanding
+    from fleetpulse.pipeline.sources.mqtt import ReadFromMqtt
     from fleetpulse.pipeline.transforms import DEAD_LETTERS, DecodeBatches
     from fleetpulse.pipeline.transforms.columnar import DecodeBatchTables
     from fleetpulse.pipeline.transforms.status import DEAD_LETTERS as STATUS_DEAD_LETTERS

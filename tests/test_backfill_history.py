@@ -27,9 +27,9 @@ from fleetpulse.errors import ConfigError
 from fleetpulse.pipeline.health.config import load_health_model
 from fleetpulse.pipeline.jobs import cli
 from fleetpulse.pipeline.jobs.backfill import JobConfig
-from fleetpulse.pipeline.jobs.cli import run_job
-from fleetpulse.pipeline.lake.archive import ReadLandingTables
+from fleetpulse.pipeline.jobs.backfill import run as run_backfill
 from fleetpulse.pipeline.lake.landing import LandingWriter
+from fleetpulse.pipeline.sources.lake import ReadLandingTables
 from fleetpulse.schemas.accounts import load_accounts
 
 from .test_jobs import land_fleet
@@ -82,7 +82,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _run(lake: Path, accounts: Path, out: Path, **period: Any) -> dict[str, list[str]]:
     job = JobConfig(lake=str(lake), out=str(out), accounts=load_accounts(accounts),
                     model=load_health_model(None), **period)
-    run_job(job, IN_PROCESS)
+    run_backfill(job, IN_PROCESS)
     return _written(out)
 
 

@@ -26,9 +26,9 @@ import pytest
 
 from fleetpulse.devices.collector.collector import Collector
 from fleetpulse.devices.collector.config import load_config
-from fleetpulse.pipeline.ingest.mqtt import MqttSourceConfig, ReaderSession
 from fleetpulse.pipeline.lake.lander import Lander, LanderConfig
 from fleetpulse.pipeline.lake.landing import iter_landing_rows, landing_files
+from fleetpulse.pipeline.sources.mqtt import MqttSourceConfig, ReaderSession
 
 from .servers import Server, wait_until
 from .test_gateway_security import (

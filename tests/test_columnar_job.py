@@ -24,7 +24,8 @@ from fleetpulse.devices.simulator.registry import write_outputs
 from fleetpulse.devices.simulator.simulation import SimulationConfig
 from fleetpulse.pipeline.health.config import load_health_model
 from fleetpulse.pipeline.jobs.backfill import JobConfig
-from fleetpulse.pipeline.jobs.cli import counters, run_job
+from fleetpulse.pipeline.jobs.backfill import run as run_backfill
+from fleetpulse.pipeline.jobs.metrics import counters
 from fleetpulse.pipeline.lake.landing import LandingWriter
 from fleetpulse.schemas import load_contract
 from fleetpulse.schemas.accounts import load_accounts
@@ -95,7 +96,7 @@ def test_columnar_engine_writes_what_the_per_element_engine_writes(tmp_path: Pat
         out = tmp_path / engine
         job = JobConfig(lake=str(tmp_path / "lake"), out=str(out), accounts=load_accounts(accounts),
                         model=load_health_model(None), engine=engine, **period)
-        totals = counters(run_job(job, IN_PROCESS))
+        totals = counters(run_backfill(job, IN_PROCESS))
         results[engine] = (
             {k: v for k, v in totals.items() if k.startswith(("fleetpulse.pipeline.decode", "fleetpulse.pipeline.dedupe", "lake."))},
             outputs(out, tmp_path / "lake"),

@@ -16,9 +16,9 @@ import pytest
 CONFIG = (Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md").read_text()
 
 MODULES = {
-    "land": "fleetpulse.pipeline.lake.cli",
-    "backfill": "fleetpulse.pipeline.jobs.cli",
-    "ingest": "fleetpulse.pipeline.ingest.cli",
+    "land": "fleetpulse.pipeline.cli.land",
+    "backfill": "fleetpulse.pipeline.cli.backfill",
+    "ingest": "fleetpulse.pipeline.cli.ingest",
 }
 
 

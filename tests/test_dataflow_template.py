@@ -109,7 +109,8 @@ def test_metadata_has_the_fields_dataflow_requires():
 
 
 def test_metadata_and_the_entry_point_accept_the_same_parameters():
-    accepted = set(main.template_params()) | set(main.LAUNCH_PARAMS)
+    parser = main.template_parser()
+    accepted = {a.dest for a in parser._actions if a.option_strings and a.dest != "help"}
     assert set(PARAMS) == accepted
 
 
@@ -117,7 +118,7 @@ def test_every_command_flag_is_a_template_parameter():
     # Derived from the commands' parsers, so a new flag there shows up here and
     # (by the test above) must be documented in metadata.json.
     params = main.template_params()
-    for job in main.JOB_MODULES:
+    for job in main.COMMAND_MODULES:
         flags = {
             s for a in main.command_parser(job)._actions for s in a.option_strings if s.startswith("--")
         } - main.LOCAL_ONLY_FLAGS
@@ -134,7 +135,7 @@ def test_each_regex_accepts_the_documented_example_and_refuses_a_bad_value(name)
 
 @pytest.mark.parametrize("name", ["from", "to"])
 def test_day_regexes_agree_with_the_backfill_command(name):
-    from fleetpulse.pipeline.jobs.cli import parse_day
+    from fleetpulse.pipeline.cli.backfill import parse_day
 
     (regex,) = PARAMS[name]["regexes"]
     for value in ("2026-08-01", "2026-02-28", "2026-12-31"):
@@ -452,7 +453,7 @@ def land_small_fleet(root: Path) -> Path:
 
 
 def test_a_local_backfill_of_a_date_range_through_the_entry_point(tmp_path, no_influx):
-    from fleetpulse.pipeline.jobs import outputs
+    from fleetpulse.pipeline.outputs import tables as outputs
     from fleetpulse.schemas.accounts import load_accounts
 
     accounts = land_small_fleet(tmp_path)

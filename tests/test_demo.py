@@ -14,7 +14,7 @@ import json
 import pytest
 
 from fleetpulse.pipeline.demo.orchestrate import DemoConfig, run_demo
-from fleetpulse.pipeline.jobs import outputs
+from fleetpulse.pipeline.outputs import tables as outputs
 from fleetpulse.pipeline.report.html import anchor_id
 from fleetpulse.schemas.accounts import load_accounts
 

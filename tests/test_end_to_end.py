@@ -24,11 +24,12 @@ from fleetpulse.devices.simulator.publish import MqttSink
 from fleetpulse.devices.simulator.registry import BrokerSettings, write_outputs
 from fleetpulse.devices.simulator.simulation import SimulationConfig, simulate
 from fleetpulse.pipeline.health.config import load_health_model
-from fleetpulse.pipeline.jobs import outputs
 from fleetpulse.pipeline.jobs.backfill import JobConfig
-from fleetpulse.pipeline.jobs.cli import counters, run_job
-from fleetpulse.pipeline.jobs.points import day_start_s
+from fleetpulse.pipeline.jobs.backfill import run as run_backfill
+from fleetpulse.pipeline.jobs.metrics import counters
 from fleetpulse.pipeline.lake.lander import Lander, LanderConfig
+from fleetpulse.pipeline.outputs import tables as outputs
+from fleetpulse.pipeline.outputs.points import day_start_s
 from fleetpulse.pipeline.sinks.influx import InfluxConfig
 from fleetpulse.schemas.accounts import load_accounts
 
@@ -100,7 +101,7 @@ def test_device_to_influxdb(mosquitto_pair, influxdb_v1, tmp_path):
     influx = InfluxConfig.from_env({"INFLUX_URL": f"http://127.0.0.1:{influxdb_v1.port}", "INFLUX_DB": "fleetpulse"})
     job = JobConfig(lake=str(lake), out=str(out), accounts=load_accounts(paths.accounts),
                     model=load_health_model(None), influx=influx)
-    result = run_job(job, [])
+    result = run_backfill(job, [])
     totals = counters(result)
     assert totals.get("influx.dropped", 0) == 0
 
@@ -139,7 +140,7 @@ def test_device_to_influxdb(mosquitto_pair, influxdb_v1, tmp_path):
     assert reported == expected_status
 
     # Replaying the same lake overwrites instead of doubling.
-    run_job(job, [])
+    run_backfill(job, [])
     again = influxql(influxdb_v1.port, "SELECT count(records), sum(runtime_s) FROM fp_device_hourly")
     assert again[0]["values"][0][1:] == [len(hours), pytest.approx(runtime_s, rel=1e-9)]
 

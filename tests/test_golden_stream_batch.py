@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from fleetpulse.pipeline.ingest.mqtt import MqttSourceConfig
+from fleetpulse.pipeline.sources.mqtt import MqttSourceConfig
 from fleetpulse.schemas import load_contract
 
 from .servers import Server

@@ -36,10 +36,10 @@ from hypothesis import strategies as st
 from fleetpulse.devices.simulator.simulation import SimulationConfig
 from fleetpulse.errors import quote
 from fleetpulse.pipeline.health.config import load_health_model
-from fleetpulse.pipeline.ingest.sinks import read_json_lines_parts
 from fleetpulse.pipeline.jobs.backfill import JobConfig
-from fleetpulse.pipeline.jobs.cli import run_job
+from fleetpulse.pipeline.jobs.backfill import run as run_backfill
 from fleetpulse.pipeline.lake.landing import LandingWriter, iter_landing_rows
+from fleetpulse.pipeline.outputs.bundles import read_json_lines_parts
 from fleetpulse.pipeline.transforms.arrow_decode import ArrowDecoder
 from fleetpulse.pipeline.transforms.decode import LandingDecoder
 from fleetpulse.pipeline.transforms.status import InvalidStatus, parse_status
@@ -146,7 +146,7 @@ def test_a_backfill_over_poison_messages_writes_the_good_records_and_dead_letter
     out = tmp_path / "out"
     job = JobConfig(lake=str(lake), out=str(out), accounts=load_accounts(accounts),
                     model=load_health_model(None), engine=engine)
-    run_job(job, IN_PROCESS)  # it must finish: before the fix it raised UnicodeEncodeError
+    run_backfill(job, IN_PROCESS)  # it must finish: before the fix it raised UnicodeEncodeError
     check_poison_outcome(archive_rows(lake), (out / "dead_letters.jsonl").read_text("utf-8").splitlines(), ids)
 
 

@@ -24,15 +24,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from fleetpulse.errors import ConfigError
+from fleetpulse.pipeline.cli import ingest as ingest_cli
 from fleetpulse.pipeline.health.config import load_health_model
-from fleetpulse.pipeline.ingest import cli as ingest_cli
-from fleetpulse.pipeline.ingest.follow import FollowConfig, Follower, marker_path, touched_days
-from fleetpulse.pipeline.ingest.job import IngestConfig
-from fleetpulse.pipeline.ingest.mqtt import MqttSourceConfig
 from fleetpulse.pipeline.jobs.backfill import JobConfig
-from fleetpulse.pipeline.jobs.cli import run_job
+from fleetpulse.pipeline.jobs.backfill import run as run_backfill
+from fleetpulse.pipeline.jobs.follow import FollowConfig, Follower, marker_path, touched_days
+from fleetpulse.pipeline.jobs.ingest import IngestConfig
 from fleetpulse.pipeline.lake.landing import landing_files
 from fleetpulse.pipeline.sinks.influx import InfluxConfig
+from fleetpulse.pipeline.sources.mqtt import MqttSourceConfig
 from fleetpulse.schemas.accounts import load_accounts
 
 from .servers import Server, wait_until
@@ -139,7 +139,7 @@ def test_following_in_rounds_gives_the_whole_lake_numbers(
     assert not thread.is_alive()
     assert follower.restatements >= 2
 
-    run_job(JobConfig(lake=str(lake), out=str(tmp_path / "batch"), accounts=load_accounts(accounts),
+    run_backfill(JobConfig(lake=str(lake), out=str(tmp_path / "batch"), accounts=load_accounts(accounts),
                       model=load_health_model(None), influx=_influx(influxdb_v1.port, "batch")), IN_PROCESS)
     assert_same_points(influxdb_v1.port, "follow", "batch")
     # The restatements superseded the rounds' archive panes.

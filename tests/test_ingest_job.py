@@ -23,8 +23,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from fleetpulse.pipeline.ingest.mqtt import MqttSourceConfig
-from fleetpulse.pipeline.ingest.sinks import outputs_dir, pending_dir, read_json_lines_parts
+from fleetpulse.pipeline.outputs.bundles import outputs_dir, pending_dir, read_json_lines_parts
+from fleetpulse.pipeline.sources.mqtt import MqttSourceConfig
 
 from . import test_ingest_support as support
 from .servers import Server, wait_until
@@ -48,7 +48,7 @@ def ingest(
     if influx is not None:
         env.update(INFLUX_URL=f"http://127.0.0.1:{influx[0]}", INFLUX_DB=influx[1])
     argv = [
-        sys.executable, "-m", "fleetpulse.pipeline.ingest",
+        sys.executable, "-m", "fleetpulse", "ingest",
         "--broker", f"127.0.0.1:{broker.port}", "--client-id-prefix", PREFIX,
         "--lake", str(lake), "--out", str(lake / "out"), *extra,
     ]

@@ -15,8 +15,8 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.util import assert_that, equal_to
 
-from fleetpulse.pipeline.ingest.cli import local_beam_args
-from fleetpulse.pipeline.ingest.mqtt import MqttSourceConfig, ReadFromMqtt
+from fleetpulse.pipeline.jobs.ingest import local_beam_args
+from fleetpulse.pipeline.sources.mqtt import MqttSourceConfig, ReadFromMqtt
 
 from .servers import Server
 from .test_ingest_support import T0, create_session, publish, topic

@@ -23,7 +23,7 @@ from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from fleetpulse.pipeline.health.config import load_health_model
 from fleetpulse.pipeline.health.score import score_account
-from fleetpulse.pipeline.ingest.job import ProcessTelemetry, scoring_trigger
+from fleetpulse.pipeline.jobs.ingest import ProcessTelemetry, scoring_trigger
 from fleetpulse.pipeline.transforms import SIGNALS, FleetContextFrom, ScoreAccounts
 from fleetpulse.schemas.accounts import Account
 

@@ -37,16 +37,17 @@ from apache_beam.pipeline import PipelineVisitor
 from apache_beam.testing.util import assert_that, equal_to
 
 from fleetpulse.errors import TerminalError, TransientError
-from fleetpulse.pipeline.ingest import sinks
-from fleetpulse.pipeline.ingest.cli import local_beam_args
-from fleetpulse.pipeline.ingest.mqtt import (
+from fleetpulse.pipeline.jobs.ingest import local_beam_args
+from fleetpulse.pipeline.outputs import bundles as sinks
+from fleetpulse.pipeline.outputs.files import _WriteInfluxFn
+from fleetpulse.pipeline.sinks.influx import InfluxConfig
+from fleetpulse.pipeline.sources.lake import ReplayLanding
+from fleetpulse.pipeline.sources.mqtt import (
     MqttSourceConfig,
     ReaderSession,
     ReadFromMqtt,
     broker_password,
 )
-from fleetpulse.pipeline.jobs.sinks import _WriteInfluxFn
-from fleetpulse.pipeline.sinks.influx import InfluxConfig
 
 from . import servers
 from .test_ingest_support import T0, create_session, publish, topic
@@ -257,7 +258,7 @@ def test_landing_commits_each_bundle_and_marks_it_pending_then_replays_it(memfs:
     assert not under(LAKE, hidden=True)
 
     def replay(p: beam.Pipeline) -> None:
-        got = p | sinks.ReplayLanding([landed]) | beam.Map(lambda r: (r["topic"], r["payload"], r["received_ms"]))
+        got = p | ReplayLanding([landed]) | beam.Map(lambda r: (r["topic"], r["payload"], r["received_ms"]))
         assert_that(got, equal_to([(r["topic"], r["payload"], r["received_ms"]) for r in rows]))
 
     run_local(replay)
@@ -471,7 +472,7 @@ def test_readers_log_in_with_the_password_of_their_secret(tmp_path: Path, caplog
         wrong = tmp_path / "wrong"
         wrong.write_text("not-the-password", encoding="utf-8")
         refused = replace(config, password_secret=FileSecret(wrong), connect_timeout_s=2.0)
-        with caplog.at_level(logging.ERROR, logger="fleetpulse.pipeline.ingest.mqtt"):
+        with caplog.at_level(logging.ERROR, logger="fleetpulse.pipeline.sources.mqtt"):
             with pytest.raises(TransientError, match="did not accept"):
                 ReaderSession(refused, 0).start().stop()
         assert "Not authorized" in caplog.text

@@ -13,7 +13,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from fleetpulse.pipeline.ingest.mqtt import MqttSourceConfig, earliest_event_ms
+from fleetpulse.pipeline.sources.mqtt import MqttSourceConfig, earliest_event_ms
 
 T0 = 1_709_510_400_000  # 2024-03-04T00:00:00Z
 H = 3_600_000

@@ -16,7 +16,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
-from fleetpulse.pipeline.ingest.job import ProcessTelemetry
+from fleetpulse.pipeline.jobs.ingest import ProcessTelemetry
 
 from .test_ingest_support import T0, H, topic
 

@@ -15,11 +15,11 @@ from fleetpulse.devices.simulator.generate import TelemetryGenerator
 from fleetpulse.devices.simulator.registry import write_outputs
 from fleetpulse.devices.simulator.simulation import SimulationConfig
 from fleetpulse.pipeline.health.config import load_health_model
-from fleetpulse.pipeline.jobs import outputs
 from fleetpulse.pipeline.jobs.backfill import JobConfig
-from fleetpulse.pipeline.jobs.cli import run_job
-from fleetpulse.pipeline.jobs.points import day_start_s
+from fleetpulse.pipeline.jobs.backfill import run as run_backfill
 from fleetpulse.pipeline.lake.landing import LandingWriter
+from fleetpulse.pipeline.outputs import tables as outputs
+from fleetpulse.pipeline.outputs.points import day_start_s
 from fleetpulse.pipeline.sinks.influx import InfluxConfig
 from fleetpulse.schemas import load_contract
 from fleetpulse.schemas.accounts import load_accounts
@@ -80,7 +80,7 @@ def test_job_writes_customer_signals_through_the_v2_api(victoria_metrics, tmp_pa
     })
     job = JobConfig(lake=str(tmp_path / "lake"), out=str(tmp_path / "out"),
                     accounts=load_accounts(accounts), model=load_health_model(None), influx=influx)
-    run_job(job, [])
+    run_backfill(job, [])
     signals = outputs.read_signals(tmp_path / "out")
     expected = {(s.customer_id, day_start_s(s.day)): s.health for s in signals}
     assert len({s.customer_id for s in signals}) == SIM.customers
@@ -149,8 +149,8 @@ def test_bad_period_stops_with_one_line_naming_the_flag(tmp_path, capsys, flags,
 
 
 def test_period_days_are_inclusive_utc():
+    from fleetpulse.pipeline.cli.backfill import parse_day
     from fleetpulse.pipeline.jobs.backfill import period_ms
-    from fleetpulse.pipeline.jobs.cli import parse_day
 
     low, high = period_ms(parse_day("--from", "2026-08-01"), parse_day("--to", "2026-08-31"))
     assert (low, high) == (1_785_542_400_000, 1_788_220_800_000)  # 08-01T00:00Z, 09-01T00:00Z

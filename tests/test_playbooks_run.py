@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from fleetpulse.cli import main
-from fleetpulse.pipeline.jobs.outputs import SIGNAL_SCHEMA, signal_row
 from fleetpulse.pipeline.model import DailySignal
+from fleetpulse.pipeline.outputs.tables import SIGNAL_SCHEMA, signal_row
 from fleetpulse.pipeline.playbooks.engine import run_playbooks
 from fleetpulse.pipeline.playbooks.ledger import SENT, Ledger
 from fleetpulse.schemas.accounts import COLUMNS, load_accounts

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from fleetpulse.cli import main
-from fleetpulse.pipeline.jobs import outputs
 from fleetpulse.pipeline.model import Alert, Component, DailySignal
+from fleetpulse.pipeline.outputs import tables as outputs
 from fleetpulse.pipeline.report.html import STAGE_ORDER, anchor_id, render_html
 
 GENERATED = datetime(2024, 3, 5, 9, 30, tzinfo=UTC)
@@ -365,7 +365,7 @@ def test_chromium_renders_the_report(tmp_path: Path) -> None:
 
 
 def test_report_module_imports_nothing_heavy_at_top() -> None:
-    code = ("import sys, fleetpulse.pipeline.report.html_cli as m; "
+    code = ("import sys, fleetpulse.pipeline.cli.report as m; "
             "heavy = [n for n in ('pyarrow', 'apache_beam', 'yaml') if n in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -9,7 +9,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from fleetpulse.pipeline.jobs.points import gateway_status_point
+from fleetpulse.pipeline.outputs.points import gateway_status_point
 from fleetpulse.pipeline.transforms.status import (
     DEAD_LETTERS,
     DecodeGatewayStatus,

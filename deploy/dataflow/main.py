@@ -56,14 +56,17 @@ log = logging.getLogger("fleetpulse.dataflow")
 
 SOURCE = "template parameters"
 
-#: job name -> the module of its command (``add_arguments``, ``resolve``, ``local_beam_args``)
-JOB_MODULES: dict[str, str] = {
-    "ingest": "fleetpulse.pipeline.ingest.cli",
-    "backfill": "fleetpulse.pipeline.jobs.cli",
+#: job name -> the module of its command (``add_arguments``, ``resolve``): the template's parameters
+COMMAND_MODULES: dict[str, str] = {
+    "ingest": "fleetpulse.pipeline.cli.ingest",
+    "backfill": "fleetpulse.pipeline.cli.backfill",
 }
 
-#: parameters of this entry point itself (not flags of a command)
-LAUNCH_PARAMS = ("job", "influx_env", "secret_env")
+#: job name -> the job itself (``build_pipeline``, ``run``, ``local_beam_args``)
+JOB_MODULES: dict[str, str] = {
+    "ingest": "fleetpulse.pipeline.jobs.ingest",
+    "backfill": "fleetpulse.pipeline.jobs.backfill",
+}
 
 #: runners that execute in (or beside) this process, where local paths mean this machine's disk
 LOCAL_RUNNERS = frozenset({
@@ -118,22 +121,27 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(SOURCE, self.prog, message, "see deploy/dataflow/metadata.json for the parameters")
 
 
-def job_module(job: str) -> ModuleType:
+def command_module(job: str) -> ModuleType:
     """The command module of ``job`` (light to import: no Beam at its top)."""
+    return importlib.import_module(COMMAND_MODULES[job])
+
+
+def job_module(job: str) -> ModuleType:
+    """The job ``job`` itself (imports Beam)."""
     return importlib.import_module(JOB_MODULES[job])
 
 
 def command_parser(job: str) -> argparse.ArgumentParser:
     """The command's own parser (``fleetpulse <job>``), raising ConfigError instead of exiting."""
     parser = _Parser(prog=job, add_help=False, allow_abbrev=False)
-    job_module(job).add_arguments(parser)
+    command_module(job).add_arguments(parser)
     return parser
 
 
 def template_params() -> dict[str, Param]:
     """Every command flag of both jobs as a template parameter, by name."""
     params: dict[str, Param] = {}
-    for job in JOB_MODULES:
+    for job in COMMAND_MODULES:
         # argparse keeps its actions in a private list; it is the only way to
         # enumerate a parser's options, and this keeps the commands the one source of truth.
         for action in command_parser(job)._actions:
@@ -154,7 +162,7 @@ def template_parser(params: Mapping[str, Param] | None = None) -> argparse.Argum
     # allow_abbrev=False: Beam's options (``--job_name``, ``--region``) must never be
     # taken for an abbreviation of ours.
     parser = _Parser(prog="fleetpulse-dataflow", allow_abbrev=False, description=__doc__.split("\n")[0])
-    parser.add_argument("--job", required=True, choices=tuple(JOB_MODULES))
+    parser.add_argument("--job", required=True, choices=tuple(COMMAND_MODULES))
     parser.add_argument("--influx_env", help="non-secret INFLUX_* settings: NAME=value;NAME=value")
     parser.add_argument("--secret_env", help="NAME=projects/…/secrets/…/versions/…;…: read at launch on a "
                                              "local runner, passed as references to remote workers")
@@ -338,7 +346,7 @@ def resolve(launch: Launch, workdir: Path, read_secret: Callable[[str], str] = r
     args = command_parser(launch.job).parse_args(launch.command_argv(staged))
     # The commands decide runner-dependent settings (the ingest replay registry) from these.
     args.beam_args = list(launch.beam_args)
-    return job_module(launch.job).resolve(args)
+    return command_module(launch.job).resolve(args)
 
 
 def pipeline_options(launch: Launch) -> Any:
@@ -353,13 +361,7 @@ def pipeline_options(launch: Launch) -> Any:
 
 def build(launch: Launch, config: Any) -> Any:
     """The unrun pipeline, from the job's own ``build_pipeline``."""
-    if launch.job == "ingest":
-        from fleetpulse.pipeline.ingest.job import build_pipeline as build_ingest
-
-        return build_ingest(pipeline_options(launch), config)
-    from fleetpulse.pipeline.jobs.backfill import build_pipeline as build_backfill
-
-    return build_backfill(pipeline_options(launch), config)
+    return job_module(launch.job).build_pipeline(pipeline_options(launch), config)
 
 
 def run(argv: Sequence[str], read_secret: Callable[[str], str] = read_gcp_secret) -> int:
@@ -372,13 +374,11 @@ def run(argv: Sequence[str], read_secret: Callable[[str], str] = read_gcp_secret
         # Staged files are read while resolving; the config holds their contents.
         config = resolve(launch, Path(workdir), read_secret=read_secret)
     if local:
-        from fleetpulse.pipeline.jobs.cli import counters
+        from fleetpulse.pipeline.jobs.metrics import counters
 
         # Exactly what the command does, pre/post steps included (landing
         # replay and pending markers for ingest, output clearing for backfill), and a wait.
-        module = job_module(launch.job)
-        runner = module.run_ingest if launch.job == "ingest" else module.run_job
-        result = runner(config, launch.beam_args)
+        result = job_module(launch.job).run(config, launch.beam_args)
         for key, value in counters(result).items():
             log.info("counter %s = %d", key, value)
         return 0

@@ -38,11 +38,12 @@ from fleetpulse.errors import FleetPulseError
 from fleetpulse.pipeline.analytics.retention import compute_retention
 from fleetpulse.pipeline.analytics.usage import Period, open_archive, period_usage
 from fleetpulse.pipeline.health.config import load_health_model
-from fleetpulse.pipeline.jobs import outputs
 from fleetpulse.pipeline.jobs.backfill import JobConfig
-from fleetpulse.pipeline.jobs.cli import counters, run_job
+from fleetpulse.pipeline.jobs.backfill import run as run_backfill
+from fleetpulse.pipeline.jobs.metrics import counters
 from fleetpulse.pipeline.lake.lander import Lander, LanderConfig
 from fleetpulse.pipeline.model import Alert, DailySignal
+from fleetpulse.pipeline.outputs import tables as outputs
 from fleetpulse.pipeline.playbooks.channels import Channel, FileChannel
 from fleetpulse.pipeline.playbooks.config import ChannelConfig, PlaybookSet, load_playbooks
 from fleetpulse.pipeline.playbooks.engine import PlaybookRun, run_playbooks
@@ -108,7 +109,7 @@ def prepare_ingest_session(host: str, port: int, client_id: str, protocol: str, 
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    from fleetpulse.pipeline.ingest.mqtt import MqttSourceConfig
+    from fleetpulse.pipeline.sources.mqtt import MqttSourceConfig
 
     subscribed = threading.Event()
     if protocol == "3.1.1":
@@ -379,7 +380,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         accounts=load_accounts(paths.accounts), model=load_health_model(None), influx=influx,
     )
     with stderr_to(out / "beam.log"):
-        result = run_job(job, [])
+        result = run_backfill(job, [])
     job_counters = counters(result)
     signals = outputs.read_signals(signals_dir)
     latest = outputs.latest_per_customer(signals)

@@ -26,14 +26,18 @@ same rows, dead letters, counters and numbers as the per-element transforms
 the streaming job uses (``tests/test_columnar_*.py``).
 
 ``build_pipeline`` returns the unrun pipeline (tests and a Flex Template call
-it too); ``run`` runs it and waits.
+it too); :func:`run` runs it and waits (``fleetpulse backfill`` parses and
+validates its configuration in :mod:`fleetpulse.pipeline.cli.backfill`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -43,14 +47,16 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from fleetpulse.pipeline.health.config import HealthModel
 from fleetpulse.pipeline.health.score import score_account
-from fleetpulse.pipeline.lake.archive import (
-    ReadLanding,
-    ReadLandingTables,
-    WriteRawArchive,
-    WriteRawArchiveTables,
-    has_files,
+from fleetpulse.pipeline.lake.archive import WriteRawArchive, WriteRawArchiveTables
+from fleetpulse.pipeline.outputs import tables as outputs
+from fleetpulse.pipeline.outputs.files import WriteJsonLines, WriteParquet, WriteToInflux
+from fleetpulse.pipeline.outputs.points import (
+    customer_day_point,
+    device_hour_point,
+    gateway_status_point,
 )
 from fleetpulse.pipeline.sinks.influx import InfluxConfig
+from fleetpulse.pipeline.sources.lake import ReadLanding, ReadLandingTables, has_files
 from fleetpulse.pipeline.transforms import (
     ALERTS,
     DEAD_LETTERS,
@@ -71,10 +77,6 @@ from fleetpulse.pipeline.transforms.columnar import (
 from fleetpulse.pipeline.transforms.status import DEAD_LETTERS as STATUS_DEAD_LETTERS
 from fleetpulse.pipeline.transforms.status import DecodeGatewayStatus, MarkOfflineGateways
 from fleetpulse.schemas.accounts import Account
-
-from . import outputs
-from .points import customer_day_point, device_hour_point, gateway_status_point
-from .sinks import WriteJsonLines, WriteParquet, WriteToInflux
 
 log = logging.getLogger(__name__)
 
@@ -311,3 +313,36 @@ def build_pipeline(options: PipelineOptions, config: JobConfig) -> beam.Pipeline
         | "WriteDeadLetters" >> WriteJsonLines(f"{out}/dead_letters.jsonl")
     )
     return p
+
+
+def clear_outputs(out: str) -> None:
+    """A re-run replaces the previous outputs instead of mixing with them (local folders)."""
+    if "://" in out:
+        return
+    for name in ("signals", "device_hourly"):
+        shutil.rmtree(Path(out) / name, ignore_errors=True)
+
+
+def local_beam_args() -> list[str]:
+    """The local default: the DirectRunner's batch engine (FnApiRunner) on every core.
+
+    Named explicitly so that a local run never tries to download the Prism
+    runner first (the DirectRunner's default since Beam 2.6x), which fails
+    offline and would change engines silently online.
+    """
+    workers = max(1, min(os.cpu_count() or 1, 4))
+    return [
+        "--runner=FnApiRunner",
+        "--direct_running_mode=multi_processing",
+        f"--direct_num_workers={workers}",
+        "--default_sdk_harness_log_level=WARNING",
+    ]
+
+
+def run(config: JobConfig, beam_args: list[str]) -> Any:  # -> apache_beam PipelineResult
+    """Run the job over ``config`` with ``beam_args`` (the local default when empty) and wait."""
+    clear_outputs(config.out)
+    options = PipelineOptions(beam_args or local_beam_args())
+    result = build_pipeline(options, config).run()
+    result.wait_until_finish()
+    return result

@@ -1,13 +1,12 @@
-"""Beam I/O of the Parquet lake: read the landing zone, write the raw archive.
+"""Beam writers of the Parquet lake's raw archive (its readers are :mod:`fleetpulse.pipeline.sources.lake`).
 
     <lake>/landing/dt=…/part-….parquet           raw broker messages (the lander writes them)
     <lake>/records/dt=YYYY-MM-DD/hour=HH/part-00000.parquet
                                                  validated, deduplicated records by event hour
 
-Rows or Arrow tables: ``ReadLanding`` / ``WriteRawArchive`` move one dict per
-message or record (the streaming job), ``ReadLandingTables`` /
-``WriteRawArchiveTables`` move Arrow tables (the columnar batch job); both
-write the same files.
+Rows or Arrow tables: ``WriteRawArchive`` writes one dict per record (the
+per-element engine), ``WriteRawArchiveTables`` Arrow tables (the columnar
+batch job); both write the same files.
 
 The archive is what history is recomputed from. Each hour partition is written
 whole by one worker to a temporary name and renamed into place, so a reader
@@ -18,9 +17,8 @@ live on a local disk or in object storage (gs://, s3://).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import apache_beam as beam
@@ -29,69 +27,18 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from .landing import LANDING_SCHEMA
 from .schema import lake_schema
 from .storage import commit_bytes, parquet_bytes, table_from_ipc, table_to_ipc
-
-_DT = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/")
 
 
 def _join(*parts: str) -> str:
     return FileSystems.join(*parts) if "://" in parts[0] else "/".join(p.rstrip("/") for p in parts)
 
 
-def _landing_pattern(lake: str, zone: str) -> str:
-    """The committed files of a landing zone (temporaries start with a dot)."""
-    return _join(lake, zone, "dt=*", "part-*.parquet")
-
-
 def partition_of(ts_ms: int) -> str:
     """The event-hour partition of a record: ``dt=YYYY-MM-DD/hour=HH`` (UTC)."""
     at = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
     return f"dt={at:%Y-%m-%d}/hour={at:%H}"
-
-
-def has_files(lake: str, zone: str) -> bool:
-    """Whether ``zone`` holds any committed file (reading an empty pattern is an error in Beam)."""
-    return bool(FileSystems.match([_landing_pattern(lake, zone)])[0].metadata_list)
-
-
-def _partition_day(path: str) -> date | None:
-    found = _DT.search(path)
-    return date.fromisoformat(found.group(1)) if found else None
-
-
-def landing_files_since(lake: str, zone: str, since: date) -> list[str]:
-    """Committed files of ``zone`` in ``dt=`` partitions (arrival days, UTC) from ``since`` on."""
-    paths = [m.path for m in FileSystems.match([_landing_pattern(lake, zone)])[0].metadata_list]
-    return sorted(p for p in paths if (day := _partition_day(p)) is None or day >= since)
-
-
-class ReadLanding(beam.PTransform):
-    """Every committed landing file of ``zone`` → rows ``{topic, payload, received_ms}``.
-
-    ``since``: only the files of arrival days (``dt=`` partitions) from that
-    day on, listed when the pipeline is built (the rest are never opened).
-    """
-
-    #: Beam's reader of a file pattern, its reader of listed files, and their label
-    _read: Any = beam.io.ReadFromParquet
-    _read_all: Any = beam.io.ReadAllFromParquet
-    _label = "ReadParquet"
-
-    def __init__(self, lake: str, zone: str = "landing", since: date | None = None) -> None:
-        super().__init__()
-        self.lake, self.zone, self.since = lake, zone, since
-
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        columns = LANDING_SCHEMA.names
-        if self.since is None:
-            return pbegin | self._label >> self._read(_landing_pattern(self.lake, self.zone), columns=columns)
-        return (
-            pbegin
-            | "LandingFiles" >> beam.Create(landing_files_since(self.lake, self.zone, self.since))
-            | self._label >> self._read_all(columns=columns)
-        )
 
 
 def write_partition(lake: str, partition: str, table: pa.Table) -> str:
@@ -137,17 +84,6 @@ class WriteRawArchive(beam.PTransform):
             | "GroupByHour" >> beam.GroupByKey()
             | "WriteHour" >> beam.ParDo(_WritePartition(self.lake))
         )
-
-
-class ReadLandingTables(ReadLanding):
-    """Every committed landing file of ``zone`` → Arrow tables (topic, payload, received_ms).
-
-    ``since`` as for :class:`ReadLanding`.
-    """
-
-    _read = beam.io.ReadFromParquetBatched
-    _read_all = beam.io.ReadAllFromParquetBatched
-    _label = "ReadParquetBatched"
 
 
 def _by_partition(table: pa.Table) -> Iterator[tuple[str, bytes]]:

@@ -27,7 +27,7 @@ from .rollups import (
     WithEventTime,
 )
 from .rows import lake_columns, lake_fields, lake_row
-from .score import ALERTS, SIGNALS, ScoreAccounts
+from .scoring import ALERTS, SIGNALS, ScoreAccounts
 
 __all__ = [
     "ALERTS",

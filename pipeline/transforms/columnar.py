@@ -56,9 +56,9 @@ import pyarrow.compute as pc
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from fleetpulse.pipeline.jobs.outputs import DEVICE_HOUR_SCHEMA
 from fleetpulse.pipeline.lake.storage import table_from_ipc, table_to_ipc
 from fleetpulse.pipeline.model import DeviceHour
+from fleetpulse.pipeline.outputs.tables import DEVICE_HOUR_SCHEMA
 from fleetpulse.schemas import Contract
 
 from . import decode as decode_module

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seeds = random.Random(args.seed)
     # A topic outside the subscription is logged as the reader ignores it: expected here, thousands of times.
-    logging.getLogger("fleetpulse.pipeline.ingest.mqtt").setLevel(logging.ERROR)
+    logging.getLogger("fleetpulse.pipeline.sources.mqtt").setLevel(logging.ERROR)
     hostile.coders()  # build the pipeline whose coders are checked once, outside the clock
     counts: Counter[str] = Counter()
     spent: Counter[str] = Counter()

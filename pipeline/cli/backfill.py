@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 from datetime import date
-from pathlib import Path
 
 from fleetpulse.errors import ConfigError
 
@@ -67,11 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve(args: argparse.Namespace):  # -> JobConfig
     """Validate every input without running anything; ConfigError names what is wrong."""
     from fleetpulse.pipeline.health.config import load_health_model
+    from fleetpulse.pipeline.jobs.backfill import JobConfig
     from fleetpulse.pipeline.lake.landing import landing_files
     from fleetpulse.pipeline.sinks.influx import InfluxConfig
     from fleetpulse.schemas.accounts import load_accounts
-
-    from .backfill import JobConfig
 
     from_day, to_day = parse_day("--from", args.from_day), parse_day("--to", args.to_day)
     if from_day and to_day and to_day < from_day:
@@ -107,59 +104,14 @@ def resolve(args: argparse.Namespace):  # -> JobConfig
     )
 
 
-def clear_outputs(out: str) -> None:
-    """A re-run replaces the previous outputs instead of mixing with them (local folders)."""
-    if "://" in out:
-        return
-    for name in ("signals", "device_hourly"):
-        shutil.rmtree(Path(out) / name, ignore_errors=True)
-
-
-def local_beam_args() -> list[str]:
-    """The local default: the DirectRunner's batch engine (FnApiRunner) on every core.
-
-    Named explicitly so that a local run never tries to download the Prism
-    runner first (the DirectRunner's default since Beam 2.6x), which fails
-    offline and would change engines silently online.
-    """
-    workers = max(1, min(os.cpu_count() or 1, 4))
-    return [
-        "--runner=FnApiRunner",
-        "--direct_running_mode=multi_processing",
-        f"--direct_num_workers={workers}",
-        "--default_sdk_harness_log_level=WARNING",
-    ]
-
-
-def run_job(config, beam_args: list[str]):  # -> apache_beam.runners.runner.PipelineResult
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from .backfill import build_pipeline
-
-    clear_outputs(config.out)
-    options = PipelineOptions(beam_args or local_beam_args())
-    result = build_pipeline(options, config).run()
-    result.wait_until_finish()
-    return result
-
-
-def counters(result) -> dict[str, int]:
-    """Every Beam counter of a finished run, as ``namespace.name`` → total."""
-    from apache_beam.metrics.metric import MetricsFilter
-
-    totals: dict[str, int] = {}
-    for counter in result.metrics().query(MetricsFilter())["counters"]:
-        key = f"{counter.key.metric.namespace}.{counter.key.metric.name}"
-        totals[key] = totals.get(key, 0) + int(counter.committed or counter.attempted or 0)
-    return dict(sorted(totals.items()))
-
-
 def run(args: argparse.Namespace) -> int:
-    from fleetpulse.pipeline.jobs import outputs
+    from fleetpulse.pipeline.jobs import backfill
+    from fleetpulse.pipeline.jobs.metrics import counters
+    from fleetpulse.pipeline.outputs import tables as outputs
     from fleetpulse.pipeline.report.text import render_portfolio
 
     config = resolve(args)
-    result = run_job(config, list(args.beam_args))
+    result = backfill.run(config, list(args.beam_args))
     for key, value in counters(result).items():
         log.info("counter %s = %d", key, value)
     if "://" not in config.out:

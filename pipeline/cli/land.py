@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace):  # -> LanderConfig (import kept lazy)
-    from .lander import LanderConfig
+    from fleetpulse.pipeline.lake.lander import LanderConfig
 
     host, port = parse_hostport(args.broker, key="--broker")
     if args.commit_interval_ms <= 0 or args.commit_max_messages <= 0:
@@ -66,7 +66,7 @@ def build_config(args: argparse.Namespace):  # -> LanderConfig (import kept lazy
 
 
 def run(args: argparse.Namespace) -> int:
-    from .lander import Lander
+    from fleetpulse.pipeline.lake.lander import Lander
 
     config = build_config(args)
     stop = threading.Event()

@@ -41,6 +41,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from . import backfill
+from . import ingest as ingest_job
+
 log = logging.getLogger(__name__)
 
 #: what a round runs: (ingest config, beam args) -> PipelineResult
@@ -116,10 +119,6 @@ class Follower:
             raise ValueError("following needs the accounts and the health model: the restatement scores customers")
         if not ingest.source.stop_file:
             raise ValueError("following needs the source's stop file: it ends each round")
-        from fleetpulse.pipeline.jobs.cli import run_job
-
-        from .cli import run_ingest
-
         self.ingest = ingest
         # The rounds only roll up hours; customers are scored by the restatement,
         # which sees every day whole.
@@ -127,8 +126,8 @@ class Follower:
         self.follow = follow
         self.ingest_args, self.backfill_args = ingest_args, backfill_args
         self.stop = stop
-        self.run_round = run_round or run_ingest
-        self.run_restatement = run_restatement or run_job
+        self.run_round = run_round or ingest_job.run
+        self.run_restatement = run_restatement or backfill.run
         self.on_round = on_round
         self.marker = marker_path(ingest.lake, ingest.writer)
         self.rounds = 0
@@ -136,12 +135,10 @@ class Follower:
 
     def restate(self, first: date, last: date) -> None:
         """Recompute ``first``..``last`` from the lake (the marker survives a kill until it is done)."""
-        from fleetpulse.pipeline.jobs.backfill import JobConfig
-
         _write_marker(self.marker, first, last)
         model = self.ingest.model
         history = self.follow.history_days if self.follow.history_days is not None else model.warmup_days
-        job = JobConfig(
+        job = backfill.JobConfig(
             lake=self.ingest.lake,
             out=str(Path(self.ingest.out) / "restated"),
             accounts=self.ingest.accounts,

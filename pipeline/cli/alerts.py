@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _state(path: str) -> Path:
-    from .ledger import LEDGER_FILE
+    from fleetpulse.pipeline.playbooks.ledger import LEDGER_FILE
 
     folder = Path(path)
     if not (folder / LEDGER_FILE).exists():
@@ -54,8 +54,8 @@ def _cut(text: str, width: int) -> str:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .delivery import wall_clock_ms
-    from .ledger import FAILED, SENT, Ledger, OutboxRow
+    from fleetpulse.pipeline.playbooks.delivery import wall_clock_ms
+    from fleetpulse.pipeline.playbooks.ledger import FAILED, SENT, Ledger, OutboxRow
 
     folder = _state(args.state)
     if args.snooze or args.unsnooze:

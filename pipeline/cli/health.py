@@ -17,9 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fleetpulse.pipeline.jobs import outputs
-
-    from .text import render_account, render_portfolio
+    from fleetpulse.pipeline.outputs import tables as outputs
+    from fleetpulse.pipeline.report.text import render_account, render_portfolio
 
     signals = outputs.read_signals(args.out)
     if not signals:

@@ -57,19 +57,14 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import TimestampedValue
-from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
 from fleetpulse.pipeline.lake.archive import partition_of
-from fleetpulse.pipeline.lake.landing import LANDING_SCHEMA, iter_landing_rows
+from fleetpulse.pipeline.lake.landing import LANDING_SCHEMA
 from fleetpulse.pipeline.lake.schema import lake_schema
 from fleetpulse.pipeline.lake.storage import commit_bytes, is_remote, join, parquet_bytes
-
-from .mqtt import EventTimeFn, earliest_event_ms
 
 METRICS_NAMESPACE = "fleetpulse.pipeline.ingest_files"
 
@@ -96,11 +91,6 @@ def keeps_bundles_in_memory(runner: object) -> bool:
 
 def _registry_on(pcoll: beam.PCollection) -> bool:
     return keeps_bundles_in_memory(pcoll.pipeline.runner)
-
-
-def _read_table(path: str, schema: pa.Schema) -> pa.Table:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        return pq.read_table(pa.BufferReader(handle.read()), schema=schema)
 
 
 def _matching(pattern: str) -> list[str]:
@@ -239,37 +229,6 @@ class LandMessages(beam.PTransform):
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         return rows | "LandBundle" >> beam.ParDo(_LandFn(self.lake, self.writer, _registry_on(rows)))
-
-
-def iter_landing_file(path: str) -> Iterator[dict[str, Any]]:
-    """Rows of one landing file, local or on a Beam file system."""
-    if not is_remote(path):
-        yield from iter_landing_rows(Path(path))
-        return
-    yield from _read_table(path, LANDING_SCHEMA).to_pylist()
-
-
-class ReplayLanding(beam.PTransform):
-    """PBegin → the landing rows of ``files``, stamped like the MQTT source stamps them."""
-
-    def __init__(
-        self, files: Iterable[str | Path], event_time_fn: EventTimeFn = earliest_event_ms,
-        label: str | None = None,
-    ) -> None:
-        super().__init__(label)
-        self.files = sorted(str(f) for f in files)
-        self._event_time_fn = event_time_fn
-
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        event_time_fn = self._event_time_fn
-
-        def read(path: str) -> Iterator[TimestampedValue]:
-            for row in iter_landing_file(path):
-                ms = event_time_fn(row["topic"], row["payload"], row["received_ms"])
-                # No event time: only a dead letter can come of it; keep it out of the way.
-                yield TimestampedValue(row, MIN_TIMESTAMP if ms is None else Timestamp(micros=ms * 1000))
-
-        return pbegin | "Files" >> beam.Create(self.files) | "Rows" >> beam.FlatMap(read)
 
 
 class _ArchivePaneFn(beam.DoFn):

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 from fleetpulse.errors import ConfigError
 
 if TYPE_CHECKING:  # heavy modules are imported in run(), not at parser build
-    from .retention import CoverageRow, RetentionReport, RetentionRow
-    from .usage import Period
+    from fleetpulse.pipeline.analytics.retention import CoverageRow, RetentionReport, RetentionRow
+    from fleetpulse.pipeline.analytics.usage import Period
 
 SOURCE = "command line"
 BY_CHOICES = ("cohort", "segment", "both")
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_period(text: str, key: str) -> Period:
-    from .usage import Period
+    from fleetpulse.pipeline.analytics.usage import Period
 
     try:
         return Period.parse(text)
@@ -53,10 +53,14 @@ def parse_period(text: str, key: str) -> Period:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fleetpulse.pipeline.analytics.retention import compute_retention
+    from fleetpulse.pipeline.analytics.usage import (
+        archive_days,
+        open_archive,
+        period_usage,
+        split_quantity,
+    )
     from fleetpulse.schemas.accounts import load_accounts
-
-    from .retention import compute_retention
-    from .usage import archive_days, open_archive, period_usage, split_quantity
 
     base = parse_period(args.base, "--base")
     compare = parse_period(args.compare, "--compare")

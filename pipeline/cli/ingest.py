@@ -18,14 +18,14 @@ bounded run: it reads until a stop condition (``--max-messages`` per reader,
 ``--idle-stop-ms``, ``--stop-file``, or SIGINT/SIGTERM), then fires every
 window and writes the results. See docs/STREAMING.md for why. ``--follow``
 makes that a stream without end: rounds of ``--round-s`` seconds, each one's
-days restated from the lake by the backfill (``pipeline/ingest/follow.py``).
+days restated from the lake by the backfill (``pipeline/jobs/follow.py``).
 
 ``--lake`` and ``--out`` may be local folders or Beam file system URLs
 (``gs://…``). On a local runner, landing files a previous run wrote but did
 not finish (it was killed) are replayed first, and a run that finishes
 cleanly clears them. On a runner that persists committed bundles (Dataflow)
 there is nothing to replay and no such registry is kept: see
-``pipeline/ingest/sinks.py``. The landing is written on every runner unless
+``pipeline/outputs/bundles.py``. The landing is written on every runner unless
 ``--no-land``: ``fleetpulse backfill`` reads it.
 """
 
@@ -111,6 +111,8 @@ def runner_of(beam_args: list[str]) -> str | None:
     """The runner the Beam arguments name (the local default when there are none)."""
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+    from fleetpulse.pipeline.jobs.ingest import local_beam_args
+
     runner = PipelineOptions(beam_args or local_beam_args()).view_as(StandardOptions).runner
     return runner if isinstance(runner, str) or runner is None else type(runner).__name__
 
@@ -123,13 +125,16 @@ def _positive(value: int | None, key: str, fix: str) -> None:
 def resolve(args: argparse.Namespace) -> Any:  # -> IngestConfig
     """Validate every input without connecting; ConfigError names what is wrong."""
     from fleetpulse.pipeline.health.config import load_health_model
+    from fleetpulse.pipeline.jobs.ingest import IngestConfig
+    from fleetpulse.pipeline.outputs.bundles import (
+        is_remote,
+        keeps_bundles_in_memory,
+        pending_landing_files,
+    )
     from fleetpulse.pipeline.secrets import gcp_secret, is_secret_version
     from fleetpulse.pipeline.sinks.influx import InfluxConfig
+    from fleetpulse.pipeline.sources.mqtt import MqttSourceConfig
     from fleetpulse.schemas.accounts import load_accounts
-
-    from .job import IngestConfig
-    from .mqtt import MqttSourceConfig
-    from .sinks import is_remote, keeps_bundles_in_memory, pending_landing_files
 
     _positive(args.readers, "--readers", "give at least 1")
     _positive(args.max_messages_per_bundle, "--max-messages-per-bundle", "give 1..100")
@@ -207,7 +212,7 @@ def resolve(args: argparse.Namespace) -> Any:  # -> IngestConfig
         raise ConfigError(SOURCE, "broker options", str(exc), "see fleetpulse ingest --help") from None
     land = not args.no_land
     # Replay only where the registry is kept: a runner that holds committed bundles in memory
-    # (pipeline/ingest/sinks.py). On Dataflow a committed bundle is never lost: nothing to replay.
+    # (pipeline/outputs/bundles.py). On Dataflow a committed bundle is never lost: nothing to replay.
     replay = tuple(pending_landing_files(args.lake, args.client_id_prefix)) if land and in_memory else ()
     accounts = load_accounts(args.accounts) if args.accounts else None
     return IngestConfig(
@@ -225,54 +230,10 @@ def resolve(args: argparse.Namespace) -> Any:  # -> IngestConfig
     )
 
 
-def local_beam_args() -> list[str]:
-    """The local default: FnApiRunner in this process, named so Prism is never downloaded.
-
-    The only local runner here that executes an unbounded splittable DoFn with
-    bundle finalization; in-process, so the source's connections and the
-    finalizer that acknowledges live in one process (docs/STREAMING.md).
-    """
-    return ["--runner=FnApiRunner", "--direct_running_mode=in_memory",
-            "--default_sdk_harness_log_level=WARNING"]
-
-
-def run_ingest(config: Any, beam_args: list[str]) -> Any:  # -> PipelineResult
-    """Run the job to its end; on a clean end, clear the replay registry.
-
-    The registry (pending landing files, registered outputs) is kept only on a
-    runner that holds committed bundles in memory, as the sinks decide it from
-    the same pipeline (``sinks.keeps_bundles_in_memory``).
-    """
-    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-
-    from .job import build_pipeline
-    from .sinks import clear_pending, keeps_bundles_in_memory, rollback_unfinished_outputs
-
-    stop_file = config.source.stop_file
-    if stop_file:
-        Path(stop_file).unlink(missing_ok=True)  # a stale stop request from an earlier run
-    options = PipelineOptions(beam_args or local_beam_args())
-    options.view_as(StandardOptions).streaming = True
-    pipeline = build_pipeline(options, config)
-    registry = config.land and keeps_bundles_in_memory(pipeline.runner)
-    if registry:
-        # What an unfinished run derived is rebuilt from its replayed inputs, once.
-        removed = rollback_unfinished_outputs(config.lake, config.writer)
-        if removed or config.replay:
-            log.info("unfinished run: removed %d of its outputs, replaying %d landing files",
-                     removed, len(config.replay))
-    result = pipeline.run()
-    result.wait_until_finish()
-    if registry:
-        clear_pending(config.lake, config.writer)
-    return result
-
-
 def follow(config: Any, args: argparse.Namespace, stop: threading.Event) -> int:
-    """``--follow``: rounds and restatements until ``stop`` (pipeline/ingest/follow.py)."""
-    from fleetpulse.pipeline.jobs.cli import local_beam_args as backfill_beam_args
-
-    from .follow import FollowConfig, Follower
+    """``--follow``: rounds and restatements until ``stop`` (pipeline/jobs/follow.py)."""
+    from fleetpulse.pipeline.jobs.backfill import local_beam_args as backfill_beam_args
+    from fleetpulse.pipeline.jobs.follow import FollowConfig, Follower
 
     follower = Follower(config, FollowConfig(round_s=args.round_s), ingest_args=list(args.beam_args),
                         backfill_args=backfill_beam_args(), stop=stop)
@@ -282,10 +243,10 @@ def follow(config: Any, args: argparse.Namespace, stop: threading.Event) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fleetpulse.pipeline.jobs.cli import counters
-
-    from .mqtt import check_broker
-    from .sinks import keeps_bundles_in_memory
+    from fleetpulse.pipeline.jobs import ingest
+    from fleetpulse.pipeline.jobs.metrics import counters
+    from fleetpulse.pipeline.outputs.bundles import keeps_bundles_in_memory
+    from fleetpulse.pipeline.sources.mqtt import check_broker
 
     config = resolve(args)
     stop_file = config.source.stop_file
@@ -308,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.follow:
             return follow(config, args, stop)
-        result = run_ingest(config, list(args.beam_args))
+        result = ingest.run(config, list(args.beam_args))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

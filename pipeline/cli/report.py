@@ -48,9 +48,8 @@ def read_retention(path: str) -> Any:
 def run(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from fleetpulse.pipeline.jobs import outputs
-
-    from .html import render_html
+    from fleetpulse.pipeline.outputs import tables as outputs
+    from fleetpulse.pipeline.report.html import render_html
 
     key = "--signals" if args.signals else "--out"
     source = Path(args.signals or args.out)

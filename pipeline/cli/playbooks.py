@@ -55,11 +55,10 @@ def stats_table(run) -> str:  # run: PlaybookRun
 
 
 def check(args: argparse.Namespace) -> int:
+    from fleetpulse.pipeline.playbooks.config import load_playbooks
+    from fleetpulse.pipeline.playbooks.engine import check_routing, dry_run
+    from fleetpulse.pipeline.playbooks.history import load_histories
     from fleetpulse.schemas.accounts import load_accounts
-
-    from .config import load_playbooks
-    from .engine import check_routing, dry_run
-    from .history import load_histories
 
     book = load_playbooks(args.file)
     enabled = [p for p in book.playbooks if p.enabled]
@@ -91,9 +90,8 @@ def check(args: argparse.Namespace) -> int:
 def run_command(args: argparse.Namespace) -> int:
     import logging
 
+    from fleetpulse.pipeline.playbooks.engine import run_playbooks
     from fleetpulse.schemas.accounts import load_accounts
-
-    from .engine import run_playbooks
 
     accounts = load_accounts(args.accounts)
     run = run_playbooks(_signals_folder(args.signals, "--signals"), args.config, accounts, args.state,

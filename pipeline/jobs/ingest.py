@@ -14,27 +14,40 @@ only the source, the dedupe and the triggering differ)::
                  ─▶ InfluxDB fp_device_hourly (a restated hour overwrites its point)
                  ─▶ [accounts given] ScoreAccounts → fp_customer_daily, alerts
 
-``build_pipeline`` returns the unrun pipeline; ``fleetpulse ingest`` runs it.
+``build_pipeline`` returns the unrun pipeline; :func:`run` runs it (``fleetpulse
+ingest`` validates its configuration in :mod:`fleetpulse.pipeline.cli.ingest`).
 Which runner executes it how — and what is guaranteed where — is in
 ``docs/STREAMING.md``.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms.trigger import AfterCount, AfterProcessingTime, AfterWatermark
 from apache_beam.transforms.window import GlobalWindows
 
 from fleetpulse.pipeline.health.config import HealthModel
 from fleetpulse.pipeline.health.score import score_account
-from fleetpulse.pipeline.jobs import outputs
-from fleetpulse.pipeline.jobs.points import customer_day_point, device_hour_point
-from fleetpulse.pipeline.jobs.sinks import WriteToInflux
+from fleetpulse.pipeline.outputs import tables as outputs
+from fleetpulse.pipeline.outputs.bundles import (
+    LandMessages,
+    WriteArchivePanes,
+    WriteJsonLinesParts,
+    clear_pending,
+    keeps_bundles_in_memory,
+    rollback_unfinished_outputs,
+)
+from fleetpulse.pipeline.outputs.files import WriteToInflux
+from fleetpulse.pipeline.outputs.points import customer_day_point, device_hour_point
 from fleetpulse.pipeline.sinks.influx import InfluxConfig
+from fleetpulse.pipeline.sources.lake import ReplayLanding
+from fleetpulse.pipeline.sources.mqtt import MqttSourceConfig, ReadFromMqtt
 from fleetpulse.pipeline.transforms import (
     ALERTS,
     DEAD_LETTERS,
@@ -49,8 +62,7 @@ from fleetpulse.pipeline.transforms import (
 from fleetpulse.pipeline.transforms.stateful_dedupe import StatefulDedupe
 from fleetpulse.schemas.accounts import Account
 
-from .mqtt import MqttSourceConfig, ReadFromMqtt
-from .sinks import LandMessages, ReplayLanding, WriteArchivePanes, WriteJsonLinesParts
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -182,3 +194,41 @@ def build_pipeline(
         | "WriteDeadLetters" >> WriteJsonLinesParts(f"{out}/dead_letters", register=register)
     )
     return p
+
+
+def local_beam_args() -> list[str]:
+    """The local default: FnApiRunner in this process, named so Prism is never downloaded.
+
+    The only local runner here that executes an unbounded splittable DoFn with
+    bundle finalization; in-process, so the source's connections and the
+    finalizer that acknowledges live in one process (docs/STREAMING.md).
+    """
+    return ["--runner=FnApiRunner", "--direct_running_mode=in_memory",
+            "--default_sdk_harness_log_level=WARNING"]
+
+
+def run(config: IngestConfig, beam_args: list[str]) -> Any:  # -> PipelineResult
+    """Run the job to its end; on a clean end, clear the replay registry.
+
+    The registry (pending landing files, registered outputs) is kept only on a
+    runner that holds committed bundles in memory, as the sinks decide it from
+    the same pipeline (``sinks.keeps_bundles_in_memory``).
+    """
+    stop_file = config.source.stop_file
+    if stop_file:
+        Path(stop_file).unlink(missing_ok=True)  # a stale stop request from an earlier run
+    options = PipelineOptions(beam_args or local_beam_args())
+    options.view_as(StandardOptions).streaming = True
+    pipeline = build_pipeline(options, config)
+    registry = config.land and keeps_bundles_in_memory(pipeline.runner)
+    if registry:
+        # What an unfinished run derived is rebuilt from its replayed inputs, once.
+        removed = rollback_unfinished_outputs(config.lake, config.writer)
+        if removed or config.replay:
+            log.info("unfinished run: removed %d of its outputs, replaying %d landing files",
+                     removed, len(config.replay))
+    result = pipeline.run()
+    result.wait_until_finish()
+    if registry:
+        clear_pending(config.lake, config.writer)
+    return result

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fleetpulse.pipeline.sinks.influx import InfluxConfig, InfluxSink, points_to_lines
+from fleetpulse.pipeline.outputs.influx import InfluxConfig, InfluxSink, points_to_lines
 
 from .harness import Comparison, compare
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from influxdb_client import Point, WritePrecision
 
-from fleetpulse.pipeline.sinks.influx import points_to_lines
+from fleetpulse.pipeline.outputs.influx import points_to_lines
 
 from .harness import Comparison, compare
 

@@ -21,16 +21,15 @@ from typing import Any
 
 import pytest
 
-from fleetpulse.pipeline.sinks.influx import (
+from fleetpulse.pipeline.outputs.influx import (
     InfluxConfig,
     InfluxRefused,
     InfluxSink,
-    SendFailure,
-    V1HttpTransport,
     WriteResult,
     open_sink,
     points_to_lines,
 )
+from fleetpulse.pipeline.outputs.influx.transport import SendFailure, V1HttpTransport
 
 from . import servers
 from .servers import LocalHTTPServer, Server, wait_until

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from fleetpulse.pipeline.jobs.points import gateway_status_point
-from fleetpulse.pipeline.sinks.influx import InfluxConfig, open_sink
+from fleetpulse.pipeline.outputs.influx import InfluxConfig, open_sink
+from fleetpulse.pipeline.outputs.points import gateway_status_point
 from fleetpulse.schemas.influx import load_influx_design
 
 from .servers import Server

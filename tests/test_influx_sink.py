@@ -33,20 +33,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleetpulse.errors import ConfigError
-from fleetpulse.pipeline.sinks.influx import (
+from fleetpulse.pipeline.outputs.influx import (
     SINK_REASONS,
     InfluxConfig,
     InfluxRefused,
     InfluxSink,
     InfluxUnavailable,
-    PointEncoder,
-    SendFailure,
+    InvalidPoint,
     open_sink,
-    parse_retry_after,
     points_to_lines,
+    to_line,
+)
+from fleetpulse.pipeline.outputs.influx.encoder import PointEncoder
+from fleetpulse.pipeline.outputs.influx.line_protocol import TS_S_MAX
+from fleetpulse.pipeline.outputs.influx.transport import (
+    SendFailure,
+    parse_retry_after,
     server_message,
 )
-from fleetpulse.pipeline.sinks.line_protocol import TS_S_MAX, InvalidPoint, to_line
 from fleetpulse.schemas.influx import DesignViolation, load_influx_design
 
 from .servers import LocalHTTPServer, Server, free_port, wait_until

@@ -20,8 +20,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleetpulse.pipeline.sinks.influx import InfluxConfig, InfluxSink
-from fleetpulse.pipeline.sinks.line_protocol import LINE_REASONS, InvalidPoint, to_line
+from fleetpulse.pipeline.outputs.influx import (
+    LINE_REASONS,
+    InfluxConfig,
+    InfluxSink,
+    InvalidPoint,
+    to_line,
+)
 
 from . import servers
 

@@ -91,6 +91,7 @@ class InfluxConfig:
     verify_ssl: bool = True
     ca_file: str | None = None
     timeout_ms: int = 10_000
+    #: lines per request, and the most points WriteToInflux hands one sink call
     batch_size: int = 5000
     max_retry_s: float = 60.0
     backoff_initial_ms: int = 200

@@ -1,8 +1,11 @@
 """``WriteToInflux``: the Beam composite that writes points to InfluxDB and returns dead letters.
 
-Points are grouped with ``BatchElements`` and one :class:`~.sink.InfluxSink`
-per DoFn instance writes each group. The DoFn opens the sink in ``setup``, on
-the worker, where the config's secret references are read.
+Points are grouped with ``BatchElements`` into lists of at most the config's
+``batch_size`` (``INFLUX_BATCH_SIZE``, the one batch setting: the sink sends
+at most that many lines per request, so a longer list would only be cut up
+again), and one :class:`~.sink.InfluxSink` per DoFn instance writes each
+list. The DoFn opens the sink in ``setup``, on the worker, where the config's
+secret references are read.
 """
 
 from __future__ import annotations
@@ -43,15 +46,16 @@ class _WriteInfluxFn(beam.DoFn):
 
 
 class WriteToInflux(beam.PTransform):
-    """Points → InfluxDB in batches of up to ``batch_size``; emits dead letters for refused points."""
+    """Points → InfluxDB in batches of up to ``config.batch_size``; emits dead letters for refused points."""
 
-    def __init__(self, config: InfluxConfig, batch_size: int = 5000) -> None:
+    def __init__(self, config: InfluxConfig) -> None:
         super().__init__()
-        self.config, self.batch_size = config, batch_size
+        self.config = config
 
     def expand(self, points: beam.PCollection) -> beam.PCollection:
+        size = self.config.batch_size
         return (
             points
-            | "Batch" >> beam.BatchElements(min_batch_size=min(500, self.batch_size), max_batch_size=self.batch_size)
+            | "Batch" >> beam.BatchElements(min_batch_size=min(500, size), max_batch_size=size)
             | "Write" >> beam.ParDo(_WriteInfluxFn(self.config))
         )

@@ -47,4 +47,4 @@ def test_the_lists_the_sink_gets_are_capped_at_the_configs_batch_size(
 
 def test_there_is_no_second_batch_size() -> None:
     with pytest.raises(TypeError):
-        WriteToInflux(v2_config(), batch_size=100)  # type: ignore[call-arg]
+        WriteToInflux(v2_config(), batch_size=100)

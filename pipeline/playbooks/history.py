@@ -87,6 +87,6 @@ def gateway_sightings(out: str | Path) -> dict[str, GatewaySightings]:
 
 def load_histories(out: str | Path, accounts: Mapping[str, Account]) -> list[AccountHistory]:
     """Every customer's history from a batch job's output folder."""
-    from fleetpulse.pipeline.jobs.outputs import read_signals
+    from fleetpulse.pipeline.outputs.tables import read_signals
 
     return histories_from(read_signals(out), accounts, gateway_sightings(out))

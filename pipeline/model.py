@@ -7,11 +7,74 @@
 Record rows stay dicts keyed by the lake's column names (the telemetry
 contract); everything after the first aggregation is one of these types.
 Timestamps are epoch milliseconds (UTC) unless the name says otherwise.
+
+The words these rows carry are declared here once, in their order:
+:data:`BANDS`, :data:`STAGES`, :data:`SEVERITIES` and :data:`ALERT_KINDS`.
+Every rank means the same thing: **worse is higher** (green 0, yellow 1,
+red 2; info 0, warning 1, critical 2), which is also InfluxDB's ``band_rank``
+field. Views that list worst first sort on :func:`worst_band_first` and
+:func:`most_severe_first`. The severity of a telemetry *record* (info /
+warning / error / critical) is another vocabulary, the telemetry contract's
+(``schemas/telemetry_v1.json``).
+
+:func:`restatement_rank` is the one rule for restated days: of several
+versions of one customer's day (accumulating panes, a replay), the largest is
+the latest; :func:`one_per_day` applies it.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+#: Health bands, best first: a band's rank is its index, so worse is higher.
+BANDS: tuple[str, ...] = ("green", "yellow", "red")
+#: Lifecycle stages in the order a customer moves through them (rules in health/score.py).
+STAGES: tuple[str, ...] = ("onboarding", "adopting", "mature", "renewal_window", "at_risk", "churned")
+#: Stages known before the score, from contract dates and adoption alone, so a health
+#: model can give them their own weights without a circular definition (health/config.py).
+PROFILE_STAGES: tuple[str, ...] = ("onboarding", "renewal_window", "churned")
+#: Severity of an alert or a playbook, least severe first: more severe is higher.
+SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
+#: The first-cut alerts the scorer raises (health/score.py), one constant per kind.
+BAND_WORSENED = "band_worsened"
+USAGE_DROP = "usage_drop"
+GATEWAY_OFFLINE = "gateway_offline"
+EXPANSION_CSQL = "expansion_csql"
+ALERT_KINDS: tuple[str, ...] = (BAND_WORSENED, USAGE_DROP, GATEWAY_OFFLINE, EXPANSION_CSQL)
+
+
+def _rank(vocabulary: tuple[str, ...], what: str, name: str) -> int:
+    try:
+        return vocabulary.index(name)
+    except ValueError:
+        raise ValueError(f"{name!r} is not a {what}; one of {', '.join(vocabulary)}") from None
+
+
+def band_rank(band: str) -> int:
+    """green 0, yellow 1, red 2: worse is higher (InfluxDB's ``band_rank``). ValueError for another word."""
+    return _rank(BANDS, "band", band)
+
+
+def severity_rank(severity: str) -> int:
+    """info 0, warning 1, critical 2: more severe is higher. ValueError for another word."""
+    return _rank(SEVERITIES, "severity", severity)
+
+
+def worst_band_first(band: str) -> int:
+    """Sort key listing red, yellow, green; a band outside :data:`BANDS` comes before red.
+
+    Where the unknown words go is the reports' order as it always was: a row
+    the model cannot place is looked at first, an alert of a severity it does
+    not know last.
+    """
+    return -band_rank(band) if band in BANDS else -len(BANDS)
+
+
+def most_severe_first(severity: str) -> int:
+    """Sort key listing critical, warning, info; a severity outside :data:`SEVERITIES` comes after info."""
+    return -severity_rank(severity) if severity in SEVERITIES else 1
 
 
 def quantity_key(name: str, unit: str) -> str:
@@ -103,11 +166,11 @@ class DailySignal:
     coverage: float  # the lower of heartbeat and record (sequence) coverage
     low_coverage: bool
     health: float
-    band: str  # green / yellow / red
+    band: str  # one of BANDS
     previous_health: float | None
     trend_delta: float | None  # health now minus health trend_days ago
     trend: str  # up / down / flat / new
-    stage: str  # onboarding / adopting / mature / renewal_window / at_risk / churned
+    stage: str  # one of STAGES
     driver: str  # the component that costs the most points
     components: tuple[Component, ...]
     #: days from the first device online to the first trustworthy day with adoption
@@ -124,11 +187,34 @@ class Alert:
 
     customer_id: str
     day: str
-    kind: str  # band_worsened / usage_drop / gateway_offline / expansion_csql
-    severity: str  # info / warning / critical
+    kind: str  # one of ALERT_KINDS
+    severity: str  # one of SEVERITIES
     title: str
     explanation: str  # what changed and why, naming the driving component
     health: float
     band: str
     driver: str
     coverage: float
+
+
+def restatement_rank(day: CustomerDay) -> tuple[int, int, int, int, str]:
+    """The one rule for restated days: of several versions of one customer's day, the largest wins.
+
+    Accumulating panes of a day only grow, so the largest is the latest. The
+    tail, a digest of the whole day (deterministic: every mapping in it is
+    sorted), makes the order total, so a choice never depends on arrival order;
+    a digest rather than the content keeps the rank small where it is stored
+    per customer-day (the fleet context's accumulator).
+    """
+    digest = hashlib.blake2b(repr(day).encode("utf-8"), digest_size=8).hexdigest()
+    return (len(day.reporting_devices), day.heartbeats, day.errors, sum(day.features.values()), digest)
+
+
+def one_per_day(days: Iterable[CustomerDay]) -> list[CustomerDay]:
+    """One customer's days sorted by day; of several restatements of a day, the latest by :func:`restatement_rank`."""
+    chosen: dict[str, CustomerDay] = {}
+    for day in days:
+        seen = chosen.get(day.day)
+        if seen is None or restatement_rank(day) > restatement_rank(seen):
+            chosen[day.day] = day
+    return [chosen[d] for d in sorted(chosen)]

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from fleetpulse.errors import ConfigError
+from fleetpulse.pipeline.model import BANDS, PROFILE_STAGES
 from fleetpulse.schemas.accounts import SEGMENTS
 
 #: The components the scorer knows how to measure, in display order.
@@ -32,10 +33,6 @@ COMPONENTS = ("adoption", "engagement", "breadth", "reliability", "firmware", "n
 HOLDABLE = ("adoption", "engagement", "breadth")
 #: Segment of telemetry whose customer is missing from the CRM export.
 UNKNOWN_SEGMENT = "unknown"
-#: Lifecycle stages known before the score (from contract dates and adoption),
-#: so they can carry their own weights without a circular definition.
-PROFILE_STAGES = ("onboarding", "renewal_window", "churned")
-BANDS = ("green", "yellow", "red")
 DEFAULT_MODEL = "default_health.yaml"
 
 
@@ -87,11 +84,14 @@ class Bands:
     yellow_min: float = 45.0
 
     def band(self, health: float) -> str:
-        if health >= self.green_min:
-            return "green"
-        if health >= self.yellow_min:
-            return "yellow"
-        return "red"
+        """The best band whose lower bound the health reaches (red below every bound, NaN included)."""
+        return next((band for band, low, _ in self.ranges() if health >= low), BANDS[-1])
+
+    def ranges(self) -> tuple[tuple[str, float, float], ...]:
+        """Each band with the health it covers, ``(band, from, below)``, in :data:`BANDS` order."""
+        green, yellow, red = BANDS
+        return ((green, self.green_min, 100.0), (yellow, self.yellow_min, self.green_min),
+                (red, 0.0, self.yellow_min))
 
 
 @dataclass(frozen=True)

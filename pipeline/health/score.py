@@ -72,13 +72,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from fleetpulse.pipeline.model import Alert, Component, CustomerDay, DailySignal
+from fleetpulse.pipeline.model import (
+    BAND_WORSENED,
+    EXPANSION_CSQL,
+    GATEWAY_OFFLINE,
+    USAGE_DROP,
+    Alert,
+    Component,
+    CustomerDay,
+    DailySignal,
+    band_rank,
+    one_per_day,
+)
 from fleetpulse.schemas.accounts import Account
 
 from .config import UNKNOWN_SEGMENT, HealthModel
 
 SECONDS_PER_DAY = 86400
-BAND_RANK = {"green": 0, "yellow": 1, "red": 2}
 #: a driver must cost at least this many points, else the driver is "none"
 DRIVER_MIN_POINTS = 0.5
 MAX_NAMED = 5  # features / firmware versions / gateways named in one detail line
@@ -179,15 +189,12 @@ class _Scorer:
         self.account, self.model, self.fleet, self.customer_id = account, model, fleet, customer_id
         if account is not None and account.customer_id != customer_id:
             raise ValueError(f"account {account.customer_id!r} passed to score customer {customer_id!r}")
-        self.by_day: dict[date, CustomerDay] = {}
-        for row in days:
+        rows = list(days)
+        for row in rows:
             if row.customer_id != customer_id:
                 raise ValueError(f"row of {row.customer_id!r} passed to score customer {customer_id!r}")
-            when = date.fromisoformat(row.day)
-            other = self.by_day.get(when)
-            # Two rows for one day are two panes of the same accumulating window: the fuller one is the later.
-            if other is None or _fullness(row) > _fullness(other):
-                self.by_day[when] = row
+        # Two rows for one day are two restatements of it: the scoring join's rule picks the same one.
+        self.by_day: dict[date, CustomerDay] = {date.fromisoformat(row.day): row for row in one_per_day(rows)}
         self.data_days = sorted(self.by_day)
         self.active_days = [d for d in self.data_days if self.by_day[d].active_devices]
         self.interval_days = [d for d in self.data_days if self.by_day[d].heartbeat_interval_s > 0]
@@ -420,7 +427,7 @@ class _Scorer:
 
             raised: list[Alert] = []
             if not low and measurable:
-                if last_trusted_band is not None and BAND_RANK[signal.band] > BAND_RANK[last_trusted_band]:
+                if last_trusted_band is not None and band_rank(signal.band) > band_rank(last_trusted_band):
                     raised.append(self.band_alert(signal, last_trusted_band))
                 last_trusted_band = signal.band
                 drop = self.usage_drop(day)
@@ -611,14 +618,14 @@ class _Scorer:
 
     def band_alert(self, signal: DailySignal, was: str) -> Alert:
         severity = "critical" if signal.band == "red" else "warning"
-        return self.alert(signal, "band_worsened", severity,
+        return self.alert(signal, BAND_WORSENED, severity,
                           f"Health fell from {was} to {signal.band} ({signal.health:.0f})",
                           f"Band changed from {was} to {signal.band} since the previous trustworthy day.")
 
     def drop_alert(self, signal: DailySignal, drop_pct: float, now: float, base: float, days: int) -> Alert:
         quantity = self.model.usage_quantity
         severity = "critical" if signal.band == "red" else "warning"
-        return self.alert(signal, "usage_drop", severity,
+        return self.alert(signal, USAGE_DROP, severity,
                           f"Usage down {drop_pct:.0f}% against the {self.model.baseline_days}-day baseline",
                           f"{quantity} averaged {_num(now)} per day over the last {days} trustworthy days, "
                           f"{drop_pct:.0f}% below the baseline of {_num(base)} per day "
@@ -629,7 +636,7 @@ class _Scorer:
         extra = active - entitled
         beyond = f"; {extra} more device{'s' if extra != 1 else ''} in use than bought" if extra > 0 else ""
         return self.alert(
-            signal, "expansion_csql", "info",
+            signal, EXPANSION_CSQL, "info",
             f"Expansion lead: {_pct(signal.adoption)} of the entitlement in use for {days} days",
             f"{active} of {entitled} entitled devices active in the last {self.model.window_days} days "
             f"({_pct(signal.adoption)}), above {_pct(self.model.alerts.expansion_utilisation)} on "
@@ -648,7 +655,7 @@ class _Scorer:
             return f"{'Gateway' if len(names) == 1 else 'Gateways'} {_named(names)}"
 
         return self.alert(
-            signal, "gateway_offline", severity,
+            signal, GATEWAY_OFFLINE, severity,
             f"{noun(new)} {'reported offline' if new <= reported else 'sent nothing'} today",
             f"{noun(silent)} went silent or reported offline ({last_seen}); coverage is {_pct(signal.coverage)} of the "
             f"heartbeats expected from {signal.known_devices} known devices. Treat this as a connectivity "
@@ -656,7 +663,3 @@ class _Scorer:
             f"alerts are paused until coverage is back above "
             f"{_pct(self.model.coverage.low_coverage_below)}.",
         )
-
-
-def _fullness(row: CustomerDay) -> tuple[int, int, float]:
-    return row.heartbeats, len(row.reporting_devices), sum(row.usage.values())

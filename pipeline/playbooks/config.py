@@ -26,13 +26,11 @@ from typing import Any
 
 from fleetpulse.errors import ConfigError
 from fleetpulse.pipeline.health.config import parse_yaml
+from fleetpulse.pipeline.model import BANDS, SEVERITIES, STAGES
 from fleetpulse.schemas.accounts import ENGAGEMENT_MODELS, SEGMENTS
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-STAGES = ("onboarding", "adopting", "mature", "renewal_window", "at_risk", "churned")
-BANDS = ("green", "yellow", "red")
-SEVERITIES = ("info", "warning", "critical")
 CHANNEL_TYPES = ("slack", "webhook", "smtp", "mqtt", "file")
 #: who an action speaks to: the account's CSM, a team channel, the customer, or Sales
 ACTION_KINDS = ("notify_csm", "notify_team", "touch_customer", "csql")

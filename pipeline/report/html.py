@@ -1,7 +1,7 @@
 """A self-contained HTML portfolio report: one file a CSM opens in a browser, no server.
 
 ``render_html(signals, alerts, title=..., generated_at=...)`` turns the batch
-job's daily signals and alerts (see :mod:`fleetpulse.pipeline.jobs.outputs`)
+job's daily signals and alerts (see :mod:`fleetpulse.pipeline.outputs.tables`)
 into one HTML page:
 
 * a header with the data's dates and the portfolio summary (customers per band,
@@ -36,13 +36,21 @@ from typing import Any
 
 from fleetpulse.pipeline.health.config import HealthModel, load_health_model
 from fleetpulse.pipeline.health.score import format_value
-from fleetpulse.pipeline.model import Alert, Component, DailySignal
+from fleetpulse.pipeline.model import (
+    BANDS,
+    STAGES,
+    Alert,
+    Component,
+    DailySignal,
+    most_severe_first,
+)
 
-from .text import BAND_RANK, SEVERITY_RANK, percent
+from .text import percent, worst_first
 
-BANDS = ("green", "yellow", "red")
-#: the lifecycle in the order a customer moves through it (see health/score.py)
-STAGE_ORDER = ("onboarding", "adopting", "mature", "renewal_window", "at_risk", "churned")
+#: the name tests/test_report_html.py imports the lifecycle order by; it is model.STAGES
+STAGE_ORDER = STAGES
+#: stages drawn in red in the funnel: the customer is at risk or gone
+ALARM_STAGES = ("at_risk", "churned")
 TREND_ARROW = {"up": "\u2191", "down": "\u2193", "flat": "\u2192"}
 #: strong colours for marks and pills, pale ones for the band backgrounds of a chart
 BAND_COLOUR = {"green": "#2f9e44", "yellow": "#e8a600", "red": "#e03131"}
@@ -123,11 +131,6 @@ def anchor_id(customer_id: str) -> str:
     if clean != customer_id or not clean:
         clean += "-" + hashlib.sha1(customer_id.encode("utf-8")).hexdigest()[:8]
     return "acct-" + clean
-
-
-def worst_first(latest: Iterable[DailySignal]) -> list[DailySignal]:
-    """The text report's order: lowest health, then worst band, then customer id."""
-    return sorted(latest, key=lambda s: (s.health, BAND_RANK.get(s.band, -1), s.customer_id))
 
 
 def band_pill(band: str) -> str:
@@ -271,8 +274,7 @@ def health_chart(history: Sequence[DailySignal], days: Days, model: HealthModel)
     parts = svg_open(frame, f"Health of {customer} over time",
                      f"Daily health 0 to 100; green from {bands.green_min:g}, yellow from {bands.yellow_min:g}, "
                      "red below; hollow marks on shaded columns are low-coverage days.")
-    for band, lo, hi in (("red", 0.0, bands.yellow_min), ("yellow", bands.yellow_min, bands.green_min),
-                         ("green", bands.green_min, 100.0)):
+    for band, lo, hi in reversed(bands.ranges()):
         top, bottom = frame.y(hi, 0, 100), frame.y(lo, 0, 100)
         parts.append(f'<rect x="{frame.left}" y="{num(top)}" width="{num(frame.plot_width)}" '
                      f'height="{num(bottom - top)}" fill="{BAND_FILL[band]}"><title>{band}: '
@@ -349,7 +351,7 @@ def band_counts_chart(signals: Sequence[DailySignal], days: Days) -> str:
         base = 0
         summary = ", ".join(f"{band} {counts.get(band, 0)}" for band in BANDS)
         other = sum(n for band, n in counts.items() if band not in BAND_COLOUR)
-        for band in ("red", "yellow", "green"):
+        for band in reversed(BANDS):
             n = counts.get(band, 0)
             if not n:
                 continue
@@ -366,7 +368,7 @@ def band_counts_chart(signals: Sequence[DailySignal], days: Days) -> str:
 def funnel_chart(latest: Sequence[DailySignal]) -> str:
     """Customers per lifecycle stage on their latest day, in lifecycle order."""
     counts = Counter(s.stage for s in latest)
-    stages = list(STAGE_ORDER) + sorted(set(counts) - set(STAGE_ORDER))
+    stages = list(STAGES) + sorted(set(counts) - set(STAGES))
     row, label_width = 24, 110
     frame = Frame(320, 12 + row * len(stages), left=label_width, right=36, top=6, bottom=6)
     peak = max(counts.values(), default=0) or 1
@@ -376,7 +378,7 @@ def funnel_chart(latest: Sequence[DailySignal]) -> str:
         n = counts.get(stage, 0)
         y = frame.top + i * row
         width = frame.plot_width * n / peak
-        colour = BAND_COLOUR["red"] if stage in ("at_risk", "churned") else OK_COLOUR
+        colour = BAND_COLOUR["red"] if stage in ALARM_STAGES else OK_COLOUR
         parts.append(f'<text x="{label_width - 8}" y="{num(y + 16)}" text-anchor="end" fill="{INK}">'
                      f"{esc(stage)}</text>")
         parts.append(f'<rect x="{label_width}" y="{num(y + 4)}" width="{num(max(width, 1.0))}" height="16" '
@@ -450,7 +452,7 @@ def summary_cards(latest: Sequence[DailySignal], alerts: Sequence[Alert]) -> str
     bands = Counter(s.band for s in latest)
     low = sum(1 for s in latest if s.low_coverage)
     severities = Counter(a.severity for a in alerts)
-    alert_note = ", ".join(f"{severities[s]} {s}" for s in sorted(severities, key=lambda s: (SEVERITY_RANK.get(s, 9), s)))
+    alert_note = ", ".join(f"{severities[s]} {s}" for s in sorted(severities, key=lambda s: (most_severe_first(s), s)))
     cards = [("", str(len(latest)), "customers")]
     cards += [(band, str(bands.get(band, 0)), band) for band in BANDS]
     cards += [("low", str(low), "low coverage"), ("", str(len(alerts)), "alerts" + (f" ({alert_note})" if alert_note else ""))]
@@ -494,7 +496,7 @@ def components_table(signal: DailySignal) -> str:
 
 def alert_order(alerts: Iterable[Alert]) -> list[Alert]:
     """Newest first; on one day the most severe first."""
-    ranked = sorted(alerts, key=lambda a: (SEVERITY_RANK.get(a.severity, 9), a.customer_id, a.kind, a.title))
+    ranked = sorted(alerts, key=lambda a: (most_severe_first(a.severity), a.customer_id, a.kind, a.title))
     return sorted(ranked, key=lambda a: a.day, reverse=True)
 
 

@@ -16,10 +16,8 @@ import textwrap
 from collections.abc import Iterable, Sequence
 
 from fleetpulse.pipeline.health.score import format_value
-from fleetpulse.pipeline.model import Alert, DailySignal
+from fleetpulse.pipeline.model import BANDS, Alert, DailySignal, most_severe_first, worst_band_first
 
-BAND_RANK = {"red": 0, "yellow": 1, "green": 2}
-SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 TREND_ARROW = {"up": "^", "down": "v", "flat": "="}
 DRIVER_WIDTH = 90
 WRAP_WIDTH = 100
@@ -75,6 +73,11 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: Sequence
     return [line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells]
 
 
+def worst_first(latest: Iterable[DailySignal]) -> list[DailySignal]:
+    """The portfolio's order, in both reports: lowest health, then worst band, then customer id."""
+    return sorted(latest, key=lambda s: (s.health, worst_band_first(s.band), s.customer_id))
+
+
 def render_portfolio(latest: list[DailySignal], alerts: list[Alert]) -> str:
     """The portfolio: one row per customer, worst health first, then the alerts raised."""
     if latest:
@@ -84,7 +87,7 @@ def render_portfolio(latest: list[DailySignal], alerts: list[Alert]) -> str:
     else:
         title = "Customer health: no signals"
     lines = [safe(title), ""]
-    ordered = sorted(latest, key=lambda s: (s.health, BAND_RANK.get(s.band, -1), s.customer_id))
+    ordered = worst_first(latest)
     if ordered:
         lines += table(
             ("customer", "segment", "health", "band", "trend", "adoption", "stage", "coverage", "driver"),
@@ -95,12 +98,11 @@ def render_portfolio(latest: list[DailySignal], alerts: list[Alert]) -> str:
             ),
             right=(2, 4, 5, 7),
         )
-        counts = {band: sum(1 for s in latest if s.band == band) for band in ("green", "yellow", "red")}
+        counts = ", ".join(f"{band} {sum(1 for s in latest if s.band == band)}" for band in BANDS)
         low = sum(1 for s in latest if s.low_coverage)
-        lines += ["", f"green {counts['green']}, yellow {counts['yellow']}, red {counts['red']}; "
-                      f"low coverage {low}"]
+        lines += ["", f"{counts}; low coverage {low}"]
     lines += ["", f"Alerts raised: {len(alerts)}" if alerts else "Alerts raised: none"]
-    ranked = sorted(alerts, key=lambda a: (a.day, SEVERITY_RANK.get(a.severity, 9), a.customer_id, a.kind))
+    ranked = sorted(alerts, key=lambda a: (a.day, most_severe_first(a.severity), a.customer_id, a.kind))
     for alert in ranked:
         lines.append(safe(f"{alert.day}  {alert.customer_id}  {alert.kind}  {alert.severity}: {alert.title}"))
         lines += textwrap.wrap(safe(alert.explanation), WRAP_WIDTH, initial_indent="    ",

@@ -24,8 +24,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from fleetpulse.devices.simulator.simulation import SimulationConfig
 from fleetpulse.errors import ConfigError
+from fleetpulse.pipeline.cli import backfill as cli
 from fleetpulse.pipeline.health.config import load_health_model
-from fleetpulse.pipeline.jobs import cli
 from fleetpulse.pipeline.jobs.backfill import JobConfig
 from fleetpulse.pipeline.jobs.backfill import run as run_backfill
 from fleetpulse.pipeline.lake.landing import LandingWriter

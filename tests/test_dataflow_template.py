@@ -336,6 +336,12 @@ def tiny_lake(root: Path) -> Path:
     return root / "lake"
 
 
+def step_labels(pipeline: beam.Pipeline) -> set[str]:
+    """The full labels of the plan's steps and of the steps one level inside them."""
+    top = pipeline.transforms_stack[0].parts
+    return {t.full_label for t in top} | {inner.full_label for t in top for inner in t.parts}
+
+
 def test_backfill_is_built_by_its_own_builder(tmp_path, no_influx):
     lake = tiny_lake(tmp_path)
     (tmp_path / "accounts.csv").write_text(ACCOUNTS, encoding="utf-8")
@@ -346,8 +352,8 @@ def test_backfill_is_built_by_its_own_builder(tmp_path, no_influx):
     assert config.lake == str(lake) and config.to_day == date(2026, 8, 31) and config.influx is None
     pipeline = main.build(launch, config)
     assert isinstance(pipeline, beam.Pipeline)
-    labels = {t.full_label for t in pipeline.transforms_stack[0].parts}
-    assert {"ReadLanding", "WriteSignals", "WriteDeadLetters"} <= labels
+    labels = step_labels(pipeline)
+    assert {"ReadLanding", "PublishResults/WriteSignals", "PublishResults/WriteDeadLetters"} <= labels
 
 
 def test_ingest_is_built_by_its_own_builder_in_streaming_mode(tmp_path, no_influx):
@@ -360,8 +366,8 @@ def test_ingest_is_built_by_its_own_builder_in_streaming_mode(tmp_path, no_influ
     pipeline = main.build(launch, config)
     assert isinstance(pipeline, beam.Pipeline)
     assert pipeline.options.view_as(StandardOptions).streaming is True
-    labels = {t.full_label for t in pipeline.transforms_stack[0].parts}
-    assert {"ReadFromMqtt", "ProcessTelemetry", "WriteRawArchive"} <= labels
+    labels = step_labels(pipeline)
+    assert {"ReadFromMqtt", "ProcessTelemetry", "PublishResults/WriteRawArchive"} <= labels
     assert "LandMessages" not in labels
 
 
@@ -410,8 +416,9 @@ def test_ingest_is_built_for_dataflow_with_secret_references_only(tmp_path, no_i
     pipeline = main.build(launch, config)  # built, never submitted
     assert type(pipeline.runner).__name__ == "DataflowRunner"
     assert pipeline.options.view_as(StandardOptions).streaming is True
-    labels = {t.full_label for t in pipeline.transforms_stack[0].parts}
-    assert {"ReadFromMqtt", "LandMessages", "ProcessTelemetry", "WriteRawArchive", "WriteInflux0"} <= labels
+    labels = step_labels(pipeline)
+    assert {"ReadFromMqtt", "LandMessages", "ProcessTelemetry", "PublishResults/WriteRawArchive",
+            "PublishResults/WriteInfluxDevice"} <= labels
     staged = staged_pickles(pipeline)
     assert TOKEN_VERSION.encode() in staged and MQTT_VERSION.encode() in staged
     assert b"launcher-env-password" not in staged

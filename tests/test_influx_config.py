@@ -57,9 +57,9 @@ def keys_read() -> set[str]:
     return {key for key in read if key.startswith("INFLUX_")}
 
 
-def documented_in_readme() -> set[str]:
-    """The variables in the first column of README.md's INFLUX_* table."""
-    lines = (ROOT / "README.md").read_text("utf-8").splitlines()
+def documented_in_readme(doc: str = "README.md") -> set[str]:
+    """The variables in the first column of ``doc``'s INFLUX_* table (the README's by default)."""
+    lines = (ROOT / doc).read_text("utf-8").splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| `INFLUX_URL`"))
     while lines[start - 1].startswith("|"):
         start -= 1
@@ -71,10 +71,11 @@ def documented_in_readme() -> set[str]:
     return names
 
 
-def test_every_variable_read_is_in_the_readme_table_and_nothing_else() -> None:
-    read, documented = keys_read(), documented_in_readme()
-    assert read - documented == set(), "read by InfluxConfig.from_env but not in README.md's table"
-    assert documented - read == set(), "in README.md's table but not read by InfluxConfig.from_env"
+@pytest.mark.parametrize("doc", ["README.md", "docs/CONFIG.md"])
+def test_every_variable_read_is_in_the_table_and_nothing_else(doc: str) -> None:
+    read, documented = keys_read(), documented_in_readme(doc)
+    assert read - documented == set(), f"read by InfluxConfig.from_env but not in {doc}'s table"
+    assert documented - read == set(), f"in {doc}'s table but not read by InfluxConfig.from_env"
 
 
 @pytest.mark.parametrize("doc", ["deploy/influxdb/README.md", "docs/CONFIG.md"])

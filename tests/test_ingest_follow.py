@@ -31,7 +31,7 @@ from fleetpulse.pipeline.jobs.backfill import run as run_backfill
 from fleetpulse.pipeline.jobs.follow import FollowConfig, Follower, marker_path, touched_days
 from fleetpulse.pipeline.jobs.ingest import IngestConfig
 from fleetpulse.pipeline.lake.landing import landing_files
-from fleetpulse.pipeline.sinks.influx import InfluxConfig
+from fleetpulse.pipeline.outputs.influx import InfluxConfig
 from fleetpulse.pipeline.sources.mqtt import MqttSourceConfig
 from fleetpulse.schemas.accounts import load_accounts
 

@@ -39,8 +39,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from fleetpulse.errors import TerminalError, TransientError
 from fleetpulse.pipeline.jobs.ingest import local_beam_args
 from fleetpulse.pipeline.outputs import bundles as sinks
-from fleetpulse.pipeline.outputs.files import _WriteInfluxFn
-from fleetpulse.pipeline.sinks.influx import InfluxConfig
+from fleetpulse.pipeline.outputs.influx import InfluxConfig
+from fleetpulse.pipeline.outputs.influx.write import _WriteInfluxFn
 from fleetpulse.pipeline.sources.lake import ReplayLanding
 from fleetpulse.pipeline.sources.mqtt import (
     MqttSourceConfig,

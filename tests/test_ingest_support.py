@@ -139,7 +139,7 @@ def create_session(port: int, config: MqttSourceConfig) -> None:
         client.connect("127.0.0.1", port, clean_start=False, properties=properties)
         client.loop_start()
         try:
-            client.subscribe(config.subscription, qos=config.qos)
+            client.subscribe([(sub, config.qos) for sub in config.subscriptions])
             assert subscribed.wait(10), "the broker did not acknowledge the subscription"
         finally:
             client.disconnect()
@@ -173,5 +173,7 @@ def test_source_config_refuses_what_would_lose_or_double_data() -> None:
     with pytest.raises(ValueError, match="receive_maximum"):
         MqttSourceConfig(max_messages_per_bundle=500, receive_maximum=100)
     config = MqttSourceConfig(share_group="g", client_id_prefix="ingest-a", topic="a/+/b")
-    assert config.subscription == "$share/g/a/+/b"
+    status = MqttSourceConfig().status_topic
+    assert config.subscriptions == ("$share/g/a/+/b", f"$share/g/{status}")
+    assert MqttSourceConfig(share_group=None, topic="a/+/b", status_topic=None).subscriptions == ("a/+/b",)
     assert config.client_id(3) == "ingest-a-3"

@@ -25,7 +25,7 @@ from fleetpulse.pipeline.transforms import (
     FleetContextFrom,
     ScoreAccounts,
 )
-from fleetpulse.pipeline.transforms import score as score_module
+from fleetpulse.pipeline.transforms import scoring as score_module
 from fleetpulse.pipeline.transforms.fleet import FleetContextFn, firmware_key
 from fleetpulse.schemas.accounts import Account
 

@@ -108,7 +108,11 @@ def test_decode_keeps_the_latest_per_minute_and_dead_letters_the_rest():
 
 def test_offline_status_marks_the_customer_day():
     from fleetpulse.pipeline.model import CustomerDay
-    from fleetpulse.pipeline.transforms.status import MarkOfflineGateways
+    from fleetpulse.pipeline.transforms.scoring import SIGNALS, ScoreCustomers
+
+    def days_seen(account, days, model, fleet, customer_id):
+        # A fake scorer: one "signal" per day it was given, carrying the offline marks.
+        return [(customer_id, d.day, d.offline_gateways) for d in days], []
 
     def day(customer, iso_day):
         return CustomerDay(customer_id=customer, day=iso_day, reporting_devices=("d1",), active_devices=("d1",),
@@ -123,7 +127,7 @@ def test_offline_status_marks_the_customer_day():
     with BeamTestPipeline() as p:
         decoded = p | "Status" >> beam.Create(landing) | DecodeGatewayStatus()
         days = p | "Days" >> beam.Create([day("c-1", "2026-08-01"), day("c-1", "2026-08-02"), day("c-2", "2026-08-01")])
-        marked = days | MarkOfflineGateways(decoded["main"]) | beam.Map(
-            lambda d: (d.customer_id, d.day, d.offline_gateways))
+        scored = days | ScoreCustomers({}, None, days_seen, status=decoded["main"])
+        marked = scored[SIGNALS]
         assert_that(marked, equal_to([("c-1", "2026-08-01", ("c-1-gw1",)), ("c-1", "2026-08-02", ()),
                                       ("c-2", "2026-08-01", ())]))

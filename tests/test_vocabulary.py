@@ -41,13 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "schemas", "devices")
 HOME = Path("pipeline/model.py")
 VOCABULARIES = {"BANDS": BANDS, "STAGES": STAGES, "SEVERITIES": SEVERITIES, "ALERT_KINDS": ALERT_KINDS}
-#: copies that other engineers are to remove, each with what replaces it; an entry here only permits
-PENDING = {
-    (Path("pipeline/outputs/points.py"), "BANDS"):
-        'BAND_RANK = {"green": 0, ...}: "band_rank": band_rank(signal.band), from pipeline.model',
-}
-
-
 def _strings(nodes: Sequence[ast.expr | None]) -> list[str]:
     return [n.value for n in nodes if isinstance(n, ast.Constant) and isinstance(n.value, str)]
 
@@ -74,8 +67,7 @@ def test_the_vocabulary_is_declared_only_in_the_model() -> None:
             relative = path.relative_to(ROOT)
             if relative == HOME:
                 continue
-            offenders += [f"{relative}:{line}: {name}" for line, name in redeclarations(path)
-                          if (relative, name) not in PENDING]
+            offenders += [f"{relative}:{line}: {name}" for line, name in redeclarations(path)]
     assert offenders == [], "import these from fleetpulse.pipeline.model instead: " + ", ".join(offenders)
 
 

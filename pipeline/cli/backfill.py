@@ -67,7 +67,7 @@ def resolve(args: argparse.Namespace):  # -> JobConfig
     from fleetpulse.pipeline.health.config import load_health_model
     from fleetpulse.pipeline.jobs.backfill import JobConfig
     from fleetpulse.pipeline.lake.landing import landing_files
-    from fleetpulse.pipeline.sinks.influx import InfluxConfig
+    from fleetpulse.pipeline.outputs.influx import InfluxConfig
     from fleetpulse.schemas.accounts import load_accounts
 
     from_day, to_day = parse_day("--from", args.from_day), parse_day("--to", args.to_day)

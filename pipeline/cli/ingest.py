@@ -131,8 +131,8 @@ def resolve(args: argparse.Namespace) -> Any:  # -> IngestConfig
         keeps_bundles_in_memory,
         pending_landing_files,
     )
+    from fleetpulse.pipeline.outputs.influx import InfluxConfig
     from fleetpulse.pipeline.secrets import gcp_secret, is_secret_version
-    from fleetpulse.pipeline.sinks.influx import InfluxConfig
     from fleetpulse.pipeline.sources.mqtt import MqttSourceConfig
     from fleetpulse.schemas.accounts import load_accounts
 

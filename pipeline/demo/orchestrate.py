@@ -50,7 +50,7 @@ from fleetpulse.pipeline.playbooks.engine import PlaybookRun, run_playbooks
 from fleetpulse.pipeline.playbooks.ledger import EpisodeRow, Ledger, OutboxRow
 from fleetpulse.pipeline.report.html import render_html
 from fleetpulse.pipeline.report.text import render_portfolio
-from fleetpulse.pipeline.sinks.influx import InfluxConfig
+from fleetpulse.pipeline.outputs.influx import InfluxConfig
 from fleetpulse.schemas.accounts import load_accounts
 
 from .broker import InProcessBroker, MosquittoBroker, mosquitto_binary
@@ -127,7 +127,7 @@ def prepare_ingest_session(host: str, port: int, client_id: str, protocol: str, 
         client.connect(host, port, clean_start=False, properties=props)
     client.loop_start()
     try:
-        client.subscribe(source.subscription, qos=1)
+        client.subscribe([(sub, 1) for sub in source.subscriptions])
         if not subscribed.wait(timeout_s):
             raise DemoError(f"the central broker {host}:{port} did not confirm the ingest subscription")
     finally:

@@ -1,18 +1,19 @@
 """The batch job over the lake: landing zone → signals, alerts, InfluxDB.
 
-The plan, one named composite per step (batch and the later streaming job
-share every transform; only the source and the triggering differ)::
+The plan, one named composite per step (the streaming job,
+:mod:`fleetpulse.pipeline.jobs.ingest`, is the same plan over another source,
+with event-time windows and a trigger instead of one pane per group)::
 
     ReadLanding → DecodeBatches ─▶ dead letters                      (Arrow tables from here …
-                → KeepPeriod → DedupeRecords ─▶ (period) WriteRawArchive (lake/records, by event hour)
-                → DeviceHourlyRollups                                 … to here)
-                → DeviceHours ─▶ (period) device_hourly parquet, InfluxDB fp_device_hourly
-                → CustomerDailyUsage → FleetContext ┐
-                → ScoreAccounts ◀─ accounts, model ─┘ ─▶ (period) signals parquet, InfluxDB fp_customer_daily
-                                                      └▶ (period) alerts.jsonl
-
-    ReadLanding(status) → DecodeGatewayStatus ─▶ InfluxDB fp_gateway_status (counters, drops, online)
-                        └▶ MarkOfflineGateways (a gateway reporting offline → its day is low coverage)
+                → KeepPeriod → DedupeRecords ─▶ (period) records
+                → DeviceHourlyRollups → DeviceHours                   … to here)
+                → CustomerDailyUsage
+                → ScoreCustomers ◀─ accounts, model, gateway status: fleet context, offline
+                                   gateways marked, every account scored ─▶ signals, alerts
+    ReadLanding(status) → DecodeGatewayStatus ─▶ status (latest per gateway and minute)
+    (period) records, hours, signals, alerts, status, dead letters
+                → PublishResults: raw archive, device_hourly and signals Parquet, alerts.jsonl,
+                  dead_letters.jsonl, InfluxDB fp_device_hourly / fp_customer_daily / fp_gateway_status
 
 ``--from`` / ``--to`` bound what is *written*; what is *read* reaches back
 ``history_days`` before ``--from`` (default: the whole lake), because a day's
@@ -47,15 +48,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from fleetpulse.pipeline.health.config import HealthModel
 from fleetpulse.pipeline.health.score import score_account
-from fleetpulse.pipeline.lake.archive import WriteRawArchive, WriteRawArchiveTables
-from fleetpulse.pipeline.outputs import tables as outputs
-from fleetpulse.pipeline.outputs.files import WriteJsonLines, WriteParquet, WriteToInflux
-from fleetpulse.pipeline.outputs.points import (
-    customer_day_point,
-    device_hour_point,
-    gateway_status_point,
-)
-from fleetpulse.pipeline.sinks.influx import InfluxConfig
+from fleetpulse.pipeline.outputs.influx import InfluxConfig
+from fleetpulse.pipeline.outputs.publish import PublishResults, WholeFiles
 from fleetpulse.pipeline.sources.lake import ReadLanding, ReadLandingTables, has_files
 from fleetpulse.pipeline.transforms import (
     ALERTS,
@@ -65,8 +59,7 @@ from fleetpulse.pipeline.transforms import (
     DecodeBatches,
     DedupeRecords,
     DeviceHourlyRollups,
-    FleetContextFrom,
-    ScoreAccounts,
+    ScoreCustomers,
 )
 from fleetpulse.pipeline.transforms.columnar import (
     DecodeBatchTables,
@@ -75,7 +68,7 @@ from fleetpulse.pipeline.transforms.columnar import (
     DeviceHourTables,
 )
 from fleetpulse.pipeline.transforms.status import DEAD_LETTERS as STATUS_DEAD_LETTERS
-from fleetpulse.pipeline.transforms.status import DecodeGatewayStatus, MarkOfflineGateways
+from fleetpulse.pipeline.transforms.status import DecodeGatewayStatus
 from fleetpulse.schemas.accounts import Account
 
 log = logging.getLogger(__name__)
@@ -191,8 +184,8 @@ class KeepPeriodTables(beam.PTransform):
         )
 
 
-def _device_hours(p: beam.Pipeline, config: JobConfig) -> tuple[Any, beam.PCollection]:
-    """Landing zone → (decoded, DeviceHours of the days read); writes the period's raw archive."""
+def _device_hours(p: beam.Pipeline, config: JobConfig) -> tuple[Any, beam.PCollection, beam.PCollection]:
+    """Landing zone → (decoded, the period's records to archive, DeviceHours of the days read)."""
     read_from, history = config.read_from_day, config.has_history
     if config.engine == "columnar":
         landing = ReadLandingTables(config.lake, since=config.landing_from_day)
@@ -204,14 +197,13 @@ def _device_hours(p: beam.Pipeline, config: JobConfig) -> tuple[Any, beam.PColle
         )
         archived = (records | "ArchivePeriod" >> KeepPeriodTables(config.from_day, config.to_day)
                     if history else records)
-        _ = archived | "WriteRawArchive" >> WriteRawArchiveTables(config.lake)
         # Every device-hour is whole in its device shard: no windows, no combining.
         hours = (
             records
             | "DeviceHourlyRollups" >> DeviceHourTables()
             | "DeviceHours" >> DeviceHoursFromTables()
         )
-        return decoded, hours
+        return decoded, archived, hours
     landing = ReadLanding(config.lake, since=config.landing_from_day)
     decoded = p | "ReadLanding" >> landing | "DecodeBatches" >> DecodeBatches()
     rows = (
@@ -220,10 +212,9 @@ def _device_hours(p: beam.Pipeline, config: JobConfig) -> tuple[Any, beam.PColle
         | "DedupeRecords" >> DedupeRecords()
     )
     archived = rows | "ArchivePeriod" >> KeepPeriod(config.from_day, config.to_day) if history else rows
-    _ = archived | "WriteRawArchive" >> WriteRawArchive(config.lake)
     # Batch: one pane per group, the window start carried in the key (the
     # streaming job passes event-time windows and its trigger instead).
-    return decoded, rows | "DeviceHourlyRollups" >> DeviceHourlyRollups(window_mode="batch")
+    return decoded, archived, rows | "DeviceHourlyRollups" >> DeviceHourlyRollups(window_mode="batch")
 
 
 class KeepOutputPeriod(beam.PTransform):
@@ -256,62 +247,29 @@ class KeepOutputPeriod(beam.PTransform):
 def build_pipeline(options: PipelineOptions, config: JobConfig) -> beam.Pipeline:
     """The unrun pipeline for ``config`` (see the module docstring for the plan)."""
     p = beam.Pipeline(options=options)
-    out = config.out.rstrip("/")
 
-    decoded, all_hours = _device_hours(p, config)
+    decoded, records, all_hours = _device_hours(p, config)
     days = all_hours | "CustomerDailyUsage" >> CustomerDailyUsage(window_mode="batch")
+    results: dict[str, beam.PCollection] = {"dead_letters": decoded[DEAD_LETTERS]}
     status = None
     if has_files(config.lake, "status"):
-        status = (
+        decoded_status = (
             p
             | "ReadStatus" >> ReadLanding(config.lake, zone="status", since=config.landing_from_day)
-            | "DecodeGatewayStatus" >> DecodeGatewayStatus()
+            | "DecodeGatewayStatus" >> DecodeGatewayStatus(window_mode="batch")
         )
-        # A gateway that reported itself offline makes its customer's day low coverage.
-        days = days | "MarkOfflineGateways" >> MarkOfflineGateways(status["main"])
-    fleet = days | "FleetContext" >> FleetContextFrom()
-    scored = days | "ScoreAccounts" >> ScoreAccounts(
-        config.accounts, config.model, score_account, fleet=fleet
-    )
+        status = results["status"] = decoded_status["main"]
+        results["status_dead_letters"] = decoded_status[STATUS_DEAD_LETTERS]
+    scored = days | "ScoreCustomers" >> ScoreCustomers(config.accounts, config.model, score_account, status=status)
     signals, alerts, hours = scored[SIGNALS], scored[ALERTS], all_hours
     if config.has_history:
         hours = all_hours | "DeviceHoursOfPeriod" >> KeepOutputPeriod(config)
         signals = signals | "SignalsOfPeriod" >> KeepOutputPeriod(config)
         alerts = alerts | "AlertsOfPeriod" >> KeepOutputPeriod(config)
 
-    _ = (
-        signals
-        | "SignalRows" >> beam.Map(outputs.signal_row)
-        | "WriteSignals" >> WriteParquet(f"{out}/signals", outputs.SIGNAL_SCHEMA)
-    )
-    _ = (
-        hours
-        | "DeviceHourRows" >> beam.Map(outputs.device_hour_row)
-        | "WriteDeviceHours" >> WriteParquet(f"{out}/device_hourly", outputs.DEVICE_HOUR_SCHEMA)
-    )
-    _ = (
-        alerts
-        | "AlertJson" >> beam.Map(outputs.alert_json)
-        | "WriteAlerts" >> WriteJsonLines(f"{out}/alerts.jsonl")
-    )
-
-    dead: list[Any] = [decoded[DEAD_LETTERS]]
-    point_sets = [
-        hours | "DevicePoints" >> beam.Map(device_hour_point),
-        signals | "CustomerPoints" >> beam.Map(customer_day_point),
-    ]
-    if status is not None:
-        dead.append(status[STATUS_DEAD_LETTERS])
-        point_sets.append(status["main"] | "GatewayStatusPoints" >> beam.Map(gateway_status_point))
-    if config.influx is not None:
-        points = tuple(point_sets) | "AllPoints" >> beam.Flatten()
-        dead.append(points | "WriteInflux" >> WriteToInflux(config.influx))
-    _ = (
-        tuple(dead)
-        | "AllDeadLetters" >> beam.Flatten()
-        | "DeadLetterJson" >> beam.Map(outputs.dead_letter_json)
-        | "WriteDeadLetters" >> WriteJsonLines(f"{out}/dead_letters.jsonl")
-    )
+    results.update(records=records, hours=hours, signals=signals, alerts=alerts)
+    files = WholeFiles(config.lake, config.out, columnar=config.engine == "columnar")
+    _ = results | "PublishResults" >> PublishResults(files, config.influx)
     return p
 
 

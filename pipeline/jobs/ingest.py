@@ -1,18 +1,23 @@
 """The streaming job: MQTT → records, rollups, signals → the lake, InfluxDB, alerts.
 
-The plan, one named composite per step (the transforms are the batch job's;
-only the source, the dedupe and the triggering differ)::
+The plan, one named composite per step: the batch job's plan
+(:mod:`fleetpulse.pipeline.jobs.backfill`) over another source, with
+event-time windows and a trigger; only the source, the dedupe and the
+triggering differ::
 
-    ReadFromMqtt ─▶ LandMessages (write-ahead landing; the source acks after it)
+    ReadFromMqtt (batches and status) ─▶ LandMessages (write-ahead landing, each
+                 message in its zone; the source acks after it)
     [ReplayLanding: files a previous run landed but did not finish] ─┐
-                 ─▶ ProcessTelemetry:                                 ◀┘
-                      DecodeBatches ─▶ dead letters (JSON lines, with the reason)
-                      WithEventTime → StatefulDedupe (device, boot, seq; bounded state)
-                      ─▶ WriteArchivePanes (lake/records by event hour, atomic files)
-                      DeviceHourlyRollups (event time, allowed lateness, a late record
-                        restates its hour) → CustomerDailyUsage
-                 ─▶ InfluxDB fp_device_hourly (a restated hour overwrites its point)
-                 ─▶ [accounts given] ScoreAccounts → fp_customer_daily, alerts
+                 → SplitStatus ◀───────────────────────────────────────┘
+    batches      → ProcessTelemetry: DecodeBatches ─▶ dead letters
+                     WithEventTime → StatefulDedupe (device, boot, seq; bounded state) ─▶ records
+                     DeviceHourlyRollups (event time, allowed lateness: a late record
+                       restates its hour) ─▶ hours → CustomerDailyUsage
+    status       → DecodeGatewayStatus (minute windows at arrival) ─▶ status
+    [accounts]   days → ScoreCustomers ◀─ status (when the scoring trigger fires) ─▶ signals, alerts
+    records, hours, signals, alerts, status, dead letters
+                 → PublishResults: archive panes, per-bundle Parquet and JSON-lines
+                   parts, InfluxDB (a restated hour overwrites its point)
 
 ``build_pipeline`` returns the unrun pipeline; :func:`run` runs it (``fleetpulse
 ingest`` validates its configuration in :mod:`fleetpulse.pipeline.cli.ingest`).
@@ -30,22 +35,17 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms.trigger import AfterCount, AfterProcessingTime, AfterWatermark
-from apache_beam.transforms.window import GlobalWindows
 
 from fleetpulse.pipeline.health.config import HealthModel
 from fleetpulse.pipeline.health.score import score_account
-from fleetpulse.pipeline.outputs import tables as outputs
 from fleetpulse.pipeline.outputs.bundles import (
     LandMessages,
-    WriteArchivePanes,
-    WriteJsonLinesParts,
     clear_pending,
     keeps_bundles_in_memory,
     rollback_unfinished_outputs,
 )
-from fleetpulse.pipeline.outputs.files import WriteToInflux
-from fleetpulse.pipeline.outputs.points import customer_day_point, device_hour_point
-from fleetpulse.pipeline.sinks.influx import InfluxConfig
+from fleetpulse.pipeline.outputs.influx import InfluxConfig
+from fleetpulse.pipeline.outputs.publish import BundleFiles, PublishResults
 from fleetpulse.pipeline.sources.lake import ReplayLanding
 from fleetpulse.pipeline.sources.mqtt import MqttSourceConfig, ReadFromMqtt
 from fleetpulse.pipeline.transforms import (
@@ -55,11 +55,12 @@ from fleetpulse.pipeline.transforms import (
     CustomerDailyUsage,
     DecodeBatches,
     DeviceHourlyRollups,
-    FleetContextFrom,
-    ScoreAccounts,
+    ScoreCustomers,
     WithEventTime,
 )
 from fleetpulse.pipeline.transforms.stateful_dedupe import StatefulDedupe
+from fleetpulse.pipeline.transforms.status import DEAD_LETTERS as STATUS_DEAD_LETTERS
+from fleetpulse.pipeline.transforms.status import DecodeGatewayStatus, SplitStatus
 from fleetpulse.schemas.accounts import Account
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,6 @@ def build_pipeline(
 ) -> beam.Pipeline:
     """The unrun streaming pipeline for ``config``; ``source`` replaces ReadFromMqtt in tests."""
     p = beam.Pipeline(options=options)
-    out = config.out.rstrip("/")
 
     messages = p | "ReadFromMqtt" >> (source or ReadFromMqtt(config.source))
     if config.land:
@@ -155,44 +155,29 @@ def build_pipeline(
         replayed = p | "ReplayLanding" >> ReplayLanding(config.replay)
         messages = (messages, replayed) | "WithReplay" >> beam.Flatten()
 
-    processed = messages | "ProcessTelemetry" >> ProcessTelemetry(
+    batches, status_messages = messages | "SplitStatus" >> SplitStatus()
+    processed = batches | "ProcessTelemetry" >> ProcessTelemetry(
         allowed_lateness_s=config.allowed_lateness_s,
         dedupe_ttl_s=config.dedupe_ttl_s,
         dedupe_max_pairs_per_device=config.dedupe_max_pairs_per_device,
     )
-    # Outputs are registered for rollback only when their inputs were landed (and so can be replayed).
-    writer = config.writer if config.land else None
-    register = (config.lake, config.writer) if config.land else None
-    _ = processed["records"] | "WriteRawArchive" >> WriteArchivePanes(config.lake, writer)
-
-    point_sets = [processed["hours"] | "DevicePoints" >> beam.Map(device_hour_point)]
-    if config.accounts is not None and config.model is not None:
-        days = processed["days"]
-        scoring = scoring_trigger(config.score_every_s)
-        fleet = days | "FleetContext" >> FleetContextFrom(trigger=scoring)
-        scored = days | "ScoreAccounts" >> ScoreAccounts(
-            config.accounts, config.model, score_account, fleet=fleet, trigger=scoring
-        )
-        point_sets.append(scored[SIGNALS] | "CustomerPoints" >> beam.Map(customer_day_point))
-        _ = (
-            scored[ALERTS]
-            | "AlertJson" >> beam.Map(outputs.alert_json)
-            | "WriteAlerts" >> WriteJsonLinesParts(f"{out}/alerts", register=register)
-        )
-
-    # Hour points sit in hourly windows, customer points in the global one: each
-    # set gets its own sink (a Flatten needs one window coder), and their dead
-    # letters are re-windowed before they are merged.
-    dead: list[beam.PCollection] = [processed["dead_letters"]]
-    if config.influx is not None:
-        for n, points in enumerate(point_sets):
-            dead.append(points | f"WriteInflux{n}" >> WriteToInflux(config.influx))
-    _ = (
-        tuple(d | f"DeadLettersWindow{n}" >> beam.WindowInto(GlobalWindows()) for n, d in enumerate(dead))
-        | "AllDeadLetters" >> beam.Flatten()
-        | "DeadLetterJson" >> beam.Map(outputs.dead_letter_json)
-        | "WriteDeadLetters" >> WriteJsonLinesParts(f"{out}/dead_letters", register=register)
+    status = status_messages | "DecodeGatewayStatus" >> DecodeGatewayStatus(
+        window_mode="event_time", allowed_lateness_s=config.allowed_lateness_s,
+        trigger=AfterWatermark(late=AfterCount(1)),
     )
+    results: dict[str, beam.PCollection] = {
+        "records": processed["records"], "hours": processed["hours"], "status": status["main"],
+        "dead_letters": processed["dead_letters"], "status_dead_letters": status[STATUS_DEAD_LETTERS],
+    }
+    if config.accounts is not None and config.model is not None:
+        scored = processed["days"] | "ScoreCustomers" >> ScoreCustomers(
+            config.accounts, config.model, score_account, status=status["main"],
+            trigger=scoring_trigger(config.score_every_s),
+        )
+        results.update(signals=scored[SIGNALS], alerts=scored[ALERTS])
+    # Outputs are registered for rollback only when their inputs were landed (and so can be replayed).
+    files = BundleFiles(config.lake, config.out, config.writer if config.land else None)
+    _ = results | "PublishResults" >> PublishResults(files, config.influx)
     return p
 
 

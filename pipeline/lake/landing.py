@@ -26,6 +26,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fleetpulse.schemas import load_contract
+
 from .storage import commit_bytes, parquet_bytes
 
 LANDING_SCHEMA = pa.schema(
@@ -39,6 +41,15 @@ LANDING_SCHEMA = pa.schema(
 
 #: zone name -> what lands there (the topic families of the contract)
 ZONES = {"landing": "gateway_batches", "status": "gateway_status"}
+
+
+def zone_of(topic: str) -> str:
+    """The zone a message lands in: ``status`` for a gateway's status topic, else ``landing``.
+
+    Everything that is not a status lands with the batches, where the decoder
+    dead-letters what is not a batch either (``topic_mismatch``).
+    """
+    return "status" if load_contract().topic_re(ZONES["status"]).fullmatch(topic) else "landing"
 
 
 def landing_topic(topic: str | bytes) -> str:

@@ -15,7 +15,8 @@ object, then ``rename`` it (an object store's rename is copy + delete, so the
 final object appears whole, or not at all).
 
 * :class:`LandMessages` — the write-ahead landing: raw broker messages to
-  ``<lake>/landing/`` (the zone ``fleetpulse backfill`` reads) before the
+  ``<lake>/landing/`` (batches) and ``<lake>/status/`` (gateway status), the
+  zones ``fleetpulse backfill`` reads, before the
   source acknowledges them. Fused with the source, it runs inside the
   source's bundle, so the bundle finalizer (the PUBACK) comes after the
   commit: an acknowledged message is stored even if the runner's memory is lost.
@@ -23,6 +24,8 @@ final object appears whole, or not at all).
   ``<lake>/records/dt=YYYY-MM-DD/hour=HH/part-s-<hash>.parquet`` (event hour).
 * :class:`WriteJsonLinesParts` — strings to ``<folder>/part-<hash>.jsonl``
   (dead letters, alerts).
+* :class:`WriteParquetParts` — table rows to ``<folder>/part-p<pane>-<hash>.parquet``
+  (signals, device hours), the pane index telling restatements apart.
 
 **The replay registry** (only on runners that keep committed bundles in
 memory, see :func:`keeps_bundles_in_memory`). The FnApiRunner acks a bundle
@@ -62,7 +65,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from fleetpulse.pipeline.lake.archive import partition_of
-from fleetpulse.pipeline.lake.landing import LANDING_SCHEMA
+from fleetpulse.pipeline.lake.landing import LANDING_SCHEMA, zone_of
 from fleetpulse.pipeline.lake.schema import lake_schema
 from fleetpulse.pipeline.lake.storage import commit_bytes, is_remote, join, parquet_bytes
 
@@ -109,9 +112,9 @@ def _digest(parts: Iterable[bytes]) -> str:
     return h.hexdigest()[:24]
 
 
-def landing_folder(lake: str | Path) -> str:
-    """``<lake>/landing`` (the zone ``backfill`` reads), for a local or remote lake."""
-    return join(lake, "landing")
+def landing_folder(lake: str | Path, zone: str = "landing") -> str:
+    """``<lake>/<zone>`` (``landing`` or ``status``: the zones ``backfill`` reads), local or remote."""
+    return join(lake, zone)
 
 
 def pending_dir(lake: str | Path, writer: str) -> Path:
@@ -133,29 +136,40 @@ def _touch(path: str, text: str = "") -> None:
         handle.write(text.encode("utf-8"))
 
 
-def mark_pending(lake: str | Path, writer: str, landing_file: str) -> None:
-    """Record ``landing_file`` as landed by ``writer`` and not yet processed by a finished run."""
-    _touch(join(_marks(lake, writer, "pending"), _basename(landing_file)))
+#: a pending marker of a file in another zone than ``landing`` is named ``<zone>~<file name>``
+_ZONE_MARK = "~"
 
 
-def _landing_file(lake: str | Path, writer: str, rows: list[dict[str, Any]]) -> str:
-    """The landing file of a bundle: named by its first arrival time, writer and content."""
+def mark_pending(lake: str | Path, writer: str, landing_file: str, zone: str = "landing") -> None:
+    """Record ``landing_file`` (of ``zone``) as landed by ``writer`` and not yet processed by a finished run."""
+    name = _basename(landing_file)
+    _touch(join(_marks(lake, writer, "pending"), name if zone == "landing" else f"{zone}{_ZONE_MARK}{name}"))
+
+
+def _landing_file(lake: str | Path, writer: str, rows: list[dict[str, Any]], zone: str = "landing") -> str:
+    """The landing file of a bundle's rows of ``zone``: named by its first arrival time, writer and content."""
     first = min(r["received_ms"] for r in rows)
     digest = _digest(r["topic"].encode() + b"\0" + r["payload"] for r in rows)
-    return _landing_path(lake, f"part-{first:013d}-{writer}-{digest}.parquet")
+    return _landing_path(lake, f"part-{first:013d}-{writer}-{digest}.parquet", zone)
 
 
-def _landing_path(lake: str | Path, name: str) -> str:
+def _landing_path(lake: str | Path, name: str, zone: str = "landing") -> str:
     # The day folder follows from the name (its first arrival time): no listing needed.
     first = int(name.split("-", 2)[1])
     day = datetime.fromtimestamp(first / 1000, tz=UTC).strftime("%Y-%m-%d")
-    return join(landing_folder(lake), f"dt={day}", name)
+    return join(landing_folder(lake, zone), f"dt={day}", name)
+
+
+def _marked_path(lake: str | Path, mark: str) -> str:
+    zone, _, name = mark.rpartition(_ZONE_MARK)
+    return _landing_path(lake, name, zone or "landing")
 
 
 def pending_landing_files(lake: str | Path, writer: str) -> list[str]:
-    """Landing files written by ``writer`` whose run did not end cleanly, oldest first."""
-    names = sorted(_basename(m) for m in _matching(join(_marks(lake, writer, "pending"), "*")))
-    return [path for path in (_landing_path(lake, name) for name in names) if FileSystems.exists(path)]
+    """Files (of every zone) written by ``writer`` whose run did not end cleanly, oldest first."""
+    marks = sorted((_basename(m) for m in _matching(join(_marks(lake, writer, "pending"), "*"))),
+                   key=lambda mark: mark.rpartition(_ZONE_MARK)[2])
+    return [path for path in (_marked_path(lake, mark) for mark in marks) if FileSystems.exists(path)]
 
 
 def register_output(lake: str | Path, writer: str, path: str | Path) -> None:
@@ -204,15 +218,20 @@ class _LandFn(beam.DoFn):
         if not self._buffer:
             return
         rows, self._buffer = self._buffer, []
-        table = pa.Table.from_pylist(
-            [{"topic": r["topic"], "payload": r["payload"], "received_ms": r["received_ms"]} for r in rows],
-            schema=LANDING_SCHEMA,
-        )
-        final = _landing_file(self._lake, self._writer, rows)
-        commit_bytes(final, parquet_bytes(table))
-        if self._registry:
-            mark_pending(self._lake, self._writer, final)
-        self._files.inc()
+        by_zone: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_zone.setdefault(zone_of(row["topic"]), []).append(row)
+        # One file per zone: batches where the backfill decodes them, status where it reads gateway status.
+        for zone, zone_rows in sorted(by_zone.items()):
+            table = pa.Table.from_pylist(
+                [{"topic": r["topic"], "payload": r["payload"], "received_ms": r["received_ms"]} for r in zone_rows],
+                schema=LANDING_SCHEMA,
+            )
+            final = _landing_file(self._lake, self._writer, zone_rows, zone)
+            commit_bytes(final, parquet_bytes(table))
+            if self._registry:
+                mark_pending(self._lake, self._writer, final, zone)
+            self._files.inc()
         self._rows.inc(len(rows))
 
 
@@ -316,6 +335,50 @@ class WriteJsonLinesParts(beam.PTransform):
     def expand(self, lines: beam.PCollection) -> beam.PCollection:
         register = self.register if _registry_on(lines) else None
         return lines | "WriteParts" >> beam.ParDo(_JsonLinesFn(self.folder, register))
+
+
+class _ParquetPartsFn(beam.DoFn):
+    def __init__(self, folder: str, schema: pa.Schema, register: tuple[str, str] | None) -> None:
+        self._folder, self._schema, self._register = folder, schema, register
+        self._files = Metrics.counter(METRICS_NAMESPACE, "parquet_files")
+
+    def start_bundle(self) -> None:
+        self._by_pane: dict[int, list[dict[str, Any]]] = {}
+
+    def process(self, row: dict[str, Any], pane: Any = beam.DoFn.PaneInfoParam) -> None:
+        self._by_pane.setdefault(pane.index, []).append(row)
+
+    def finish_bundle(self) -> None:
+        panes, self._by_pane = self._by_pane, {}
+        for index, rows in sorted(panes.items()):
+            data = parquet_bytes(pa.Table.from_pylist(rows, schema=self._schema))
+            final = join(self._folder, f"part-p{index:06d}-{_digest([data])}.parquet")
+            if self._register is not None:
+                register_output(*self._register, final)
+            commit_bytes(final, data)
+            self._files.inc()
+
+
+class WriteParquetParts(beam.PTransform):
+    """Rows (dicts matching ``schema``) → ``<folder>/part-p<pane>-<hash>.parquet``, one atomic file
+    per bundle and pane.
+
+    A window fires again when late data restates it, and an accumulating pane
+    holds the whole window: the pane index in the name tells a reader which
+    version of a row is the latest (:func:`fleetpulse.pipeline.outputs.tables.latest_pane_rows`).
+    ``register`` as for :class:`WriteJsonLinesParts`.
+    """
+
+    def __init__(
+        self, folder: str, schema: pa.Schema, *, register: tuple[str, str] | None = None,
+        label: str | None = None,
+    ) -> None:
+        super().__init__(label)
+        self.folder, self.schema, self.register = folder, schema, register
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        register = self.register if _registry_on(rows) else None
+        return rows | "WriteParts" >> beam.ParDo(_ParquetPartsFn(self.folder, self.schema, register))
 
 
 def read_json_lines_parts(folder: str | Path) -> list[str]:

@@ -10,10 +10,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Any
 
-from fleetpulse.pipeline.model import DailySignal, DeviceHour
+from fleetpulse.pipeline.model import DailySignal, DeviceHour, band_rank
 from fleetpulse.pipeline.transforms.status import COUNTER_FIELDS
-
-BAND_RANK = {"green": 0, "yellow": 1, "red": 2}
 
 
 def day_start_s(day: str) -> int:
@@ -50,7 +48,7 @@ def customer_day_point(signal: DailySignal) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "health": float(signal.health),
         "band": signal.band,
-        "band_rank": BAND_RANK[signal.band],
+        "band_rank": band_rank(signal.band),
         "stage": signal.stage,
         "driver": signal.driver,
         "low_coverage": signal.low_coverage,

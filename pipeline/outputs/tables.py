@@ -1,9 +1,14 @@
-"""What the batch job writes, and how to read it back.
+"""What the jobs write, and how to read it back.
 
     <out>/signals/part-*.parquet        one row per customer and day (DailySignal)
     <out>/device_hourly/part-*.parquet  one row per device and hour (DeviceHour)
     <out>/alerts.jsonl                  alerts raised, one JSON object per line
     <out>/dead_letters.jsonl            records and messages refused, with reasons
+
+The streaming job writes the same tables as per-bundle parts
+(``part-p<pane>-<hash>.parquet``, ``alerts/part-*.jsonl``,
+``dead_letters/part-*.jsonl``; see :mod:`.bundles`), and the readers here read
+either layout.
 
 Rows are flat Parquet columns (components as a list of structs), so CS Ops can
 query them with any Parquet tool; :func:`read_signals` turns them back into
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -118,23 +124,41 @@ def alert_from_json(line: str) -> Alert:
     return Alert(**json.loads(line))
 
 
+_PANE = re.compile(r"part-p(\d+)-")
+
+
+def pane_of(path: Path) -> int:
+    """The pane index in a streaming part's name (``part-p<pane>-<hash>``); 0 for a batch file."""
+    found = _PANE.match(path.name)
+    return int(found.group(1)) if found else 0
+
+
 def read_signals(out: str | Path) -> list[DailySignal]:
-    """Every signal row under ``<out>/signals``, sorted by customer and day."""
+    """Every customer-day's signal under ``<out>/signals``, sorted by customer and day.
+
+    The batch job writes each customer-day once; the streaming job writes a
+    part per firing (``part-p<pane>-…``), each restating the history: of a
+    customer-day's versions the one of the latest pane is kept.
+    """
     folder = Path(out) / "signals"
-    files = sorted(folder.glob("part-*.parquet"))
-    if not files:
-        return []
-    table = pa.concat_tables(pq.read_table(f, schema=SIGNAL_SCHEMA) for f in files)
-    signals = [signal_from_row(r) for r in table.to_pylist()]
-    return sorted(signals, key=lambda s: (s.customer_id, s.day))
+    latest: dict[tuple[str, str], tuple[int, DailySignal]] = {}
+    for path in sorted(folder.glob("part-*.parquet")):
+        pane = pane_of(path)
+        for row in pq.read_table(path, schema=SIGNAL_SCHEMA).to_pylist():
+            key = (row["customer_id"], row["day"])
+            if key not in latest or pane > latest[key][0]:
+                latest[key] = (pane, signal_from_row(row))
+    return [signal for _, signal in sorted(latest.values(), key=lambda ps: (ps[1].customer_id, ps[1].day))]
 
 
 def read_alerts(out: str | Path) -> list[Alert]:
-    path = Path(out) / "alerts.jsonl"
-    if not path.exists():
-        return []
-    alerts = [alert_from_json(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
-    return sorted(alerts, key=lambda a: (a.day, a.customer_id, a.kind))
+    """The alerts in ``<out>/alerts.jsonl`` (batch) or ``<out>/alerts/part-*.jsonl`` (streaming; an
+    alert a later firing raised again is read once)."""
+    root = Path(out)
+    paths = [root / "alerts.jsonl", *sorted((root / "alerts").glob("part-*.jsonl"))]
+    lines = {line for path in paths if path.is_file() for line in path.read_text("utf-8").splitlines()}
+    alerts = [alert_from_json(line) for line in lines if line.strip()]
+    return sorted(alerts, key=lambda a: (a.day, a.customer_id, a.kind, a.title))
 
 
 def latest_per_customer(signals: list[DailySignal]) -> list[DailySignal]:

@@ -97,6 +97,10 @@ def _default_topic() -> str:
     return load_contract().subscription("gateway_batches")
 
 
+def _default_status_topic() -> str:
+    return load_contract().subscription("gateway_status")
+
+
 @dataclass(frozen=True)
 class MqttSourceConfig:
     """Everything a reader needs; validated at construction (ValueError names the key)."""
@@ -104,6 +108,9 @@ class MqttSourceConfig:
     host: str = "127.0.0.1"
     port: int = 1883
     topic: str = field(default_factory=_default_topic)
+    #: the gateways' status topics, read in the same session so that live scoring
+    #: learns that a gateway said "offline" (None: batches only)
+    status_topic: str | None = field(default_factory=_default_status_topic)
     share_group: str | None = "fleetpulse-ingest"
     client_id_prefix: str = "fleetpulse-ingest"
     readers: int = 1
@@ -165,9 +172,14 @@ class MqttSourceConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must not be negative")
 
     @property
-    def subscription(self) -> str:
-        """The topic filter subscribed to: shared when ``share_group`` is set."""
-        return f"$share/{self.share_group}/{self.topic}" if self.share_group else self.topic
+    def topics(self) -> tuple[str, ...]:
+        """The topic filters read: the batches, and the status topics unless turned off."""
+        return (self.topic,) if self.status_topic is None else (self.topic, self.status_topic)
+
+    @property
+    def subscriptions(self) -> tuple[str, ...]:
+        """The filters subscribed to: shared when ``share_group`` is set."""
+        return tuple(f"$share/{self.share_group}/{t}" if self.share_group else t for t in self.topics)
 
     def client_id(self, reader: int) -> str:
         """The fixed client id of reader ``reader``: the same on every restart."""
@@ -359,9 +371,9 @@ class ReaderSession:
                 self._queue.clear()
                 self._outstanding.clear()
             self._generation += 1
-        client.subscribe(self.config.subscription, qos=self.config.qos)
+        client.subscribe([(sub, self.config.qos) for sub in self.config.subscriptions])
         log.info("%s connected (session present: %s), subscribed to %s",
-                 self.client_id, flags.session_present, self.config.subscription)
+                 self.client_id, flags.session_present, ", ".join(self.config.subscriptions))
         self._connected.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -379,14 +391,14 @@ class ReaderSession:
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         topic = message_topic(message)  # message.topic raises on a topic that is not UTF-8
-        if not mqtt.topic_matches_sub(self.config.topic, topic):
+        if not any(mqtt.topic_matches_sub(sub, topic) for sub in self.config.topics):
             # Outside the subscription: some brokers (amqtt) deliver retained
             # messages of other topics on subscribe. Not ours to land: counted,
             # logged and acknowledged so the broker does not send it again.
             with self._lock:
                 self.counters["unmatched"] += 1
-            log.warning("%s: broker delivered %s outside the subscription %s; ignored",
-                        self.client_id, topic, self.config.topic)
+            log.warning("%s: broker delivered %s outside the subscriptions %s; ignored",
+                        self.client_id, topic, ", ".join(self.config.topics))
             if message.qos:
                 client.ack(message.mid, message.qos)
             return

@@ -3,8 +3,11 @@
     landing rows ─DecodeBatches─▶ lake rows (+ dead_letters)
                  ─DedupeRecords─▶ lake rows, one per (device_id, boot, seq)
                  ─DeviceHourlyRollups─▶ DeviceHour
-                 ─CustomerDailyUsage─▶ CustomerDay ─FleetContextFrom─▶ fleet context
-                 ─ScoreAccounts(accounts, model, score_fn)─▶ signals, alerts
+                 ─CustomerDailyUsage─▶ CustomerDay
+                 ─ScoreCustomers(accounts, model, score_fn, status)─▶ signals, alerts
+                    (FleetContextFrom ─▶ fleet context; ScoreAccounts: the registry joined
+                     with each customer's days and its gateways' offline reports)
+    status rows  ─DecodeGatewayStatus─▶ latest status per gateway and minute (+ dead_letters)
 
 The lake's columns are derived once, in :mod:`.rows` (``lake_fields`` /
 ``lake_columns``), from the telemetry contract.
@@ -27,7 +30,7 @@ from .rollups import (
     WithEventTime,
 )
 from .rows import lake_columns, lake_fields, lake_row
-from .scoring import ALERTS, SIGNALS, ScoreAccounts
+from .scoring import ALERTS, SIGNALS, ScoreAccounts, ScoreCustomers
 
 __all__ = [
     "ALERTS",
@@ -39,6 +42,7 @@ __all__ = [
     "DeviceHourlyRollups",
     "FleetContextFrom",
     "ScoreAccounts",
+    "ScoreCustomers",
     "WindowByEventTime",
     "WithEventTime",
     "firmware_key",

@@ -27,8 +27,9 @@ day (``CustomerDay.device_fw``) is that version; errors come from
 ``CustomerDay.error_fw``. A device upgraded mid-day counts on its new version,
 so the rate of the old one uses at least one device as denominator.
 
-The combine keeps one compact summary per (customer, day), the largest seen,
-so restated (accumulating) panes of a day replace each other.
+The combine keeps one compact summary per (customer, day), the latest
+restatement by :func:`~fleetpulse.pipeline.model.restatement_rank` (the scoring join's rule
+too), so restated (accumulating) panes of a day replace each other.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import apache_beam as beam
 from apache_beam.transforms.trigger import AccumulationMode
 from apache_beam.transforms.window import GlobalWindows
 
-from fleetpulse.pipeline.model import CustomerDay
+from fleetpulse.pipeline.model import CustomerDay, restatement_rank
 
 _FIRMWARE = re.compile(r"^([0-9]+(?:\.[0-9]+){0,3})(?:([-+])([A-Za-z0-9.]+))?$")
 
@@ -75,13 +76,13 @@ class FleetAccumulator:
 
     features: set[str] = field(default_factory=set)
     newest_fw_by_day: dict[str, str] = field(default_factory=dict)
-    #: (customer_id, day) -> (size, {fw: (errors, reporting devices)})
-    customer_days: dict[tuple[str, str], tuple[tuple[int, ...], dict[str, tuple[int, int]]]] = (
+    #: (customer_id, day) -> (restatement rank, {fw: (errors, reporting devices)})
+    customer_days: dict[tuple[str, str], tuple[tuple[Any, ...], dict[str, tuple[int, int]]]] = (
         field(default_factory=dict)
     )
 
 
-def _summary(day: CustomerDay) -> tuple[tuple[int, ...], dict[str, tuple[int, int]]]:
+def _summary(day: CustomerDay) -> tuple[tuple[Any, ...], dict[str, tuple[int, int]]]:
     devices: dict[str, int] = {}
     for fw in day.device_fw.values():
         devices[fw] = devices.get(fw, 0) + 1
@@ -89,9 +90,7 @@ def _summary(day: CustomerDay) -> tuple[tuple[int, ...], dict[str, tuple[int, in
         fw: (day.error_fw.get(fw, 0), devices.get(fw, 0))
         for fw in sorted(set(devices) | set(day.error_fw))
     }
-    # Panes of one day only grow; the tail makes the choice total.
-    size = (len(day.reporting_devices), day.heartbeats, day.errors, sum(day.features.values()))
-    return size, by_fw
+    return restatement_rank(day), by_fw
 
 
 def _note_newest(newest_by_day: dict[str, str], day: str, versions: list[str]) -> None:
@@ -102,12 +101,12 @@ def _note_newest(newest_by_day: dict[str, str], day: str, versions: list[str]) -
 
 
 def _keep_larger(
-    into: dict[Any, tuple[tuple[int, ...], dict[str, tuple[int, int]]]],
+    into: dict[Any, tuple[tuple[Any, ...], dict[str, tuple[int, int]]]],
     key: Any,
-    summary: tuple[tuple[int, ...], dict[str, tuple[int, int]]],
+    summary: tuple[tuple[Any, ...], dict[str, tuple[int, int]]],
 ) -> None:
     seen = into.get(key)
-    if seen is None or (summary[0], sorted(summary[1].items())) > (seen[0], sorted(seen[1].items())):
+    if seen is None or summary[0] > seen[0]:
         into[key] = summary
 
 

@@ -399,21 +399,6 @@ def customer_day(customer_id: str, day: str, hours: list[DeviceHour]) -> Custome
     )
 
 
-def customer_day_size(day: CustomerDay) -> tuple[Any, ...]:
-    """Orders restatements of one customer's day: panes only grow, the largest is the latest.
-
-    The tail (the repr, deterministic because every mapping is sorted) makes
-    the order total, so a choice never depends on arrival order.
-    """
-    return (
-        len(day.reporting_devices),
-        day.heartbeats,
-        day.errors,
-        sum(day.features.values()),
-        repr(day),
-    )
-
-
 class _EmitCustomerDayFn(beam.DoFn):
     def process(self, keyed: Any) -> Any:
         (customer_id, day), acc = keyed

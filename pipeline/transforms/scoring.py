@@ -32,11 +32,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.trigger import AccumulationMode
 from apache_beam.transforms.window import GlobalWindows
 
-from fleetpulse.pipeline.model import Alert, CustomerDay, DailySignal
+from fleetpulse.pipeline.model import Alert, CustomerDay, DailySignal, one_per_day
 from fleetpulse.schemas.accounts import Account
 
 from .fleet import FleetContextFrom
-from .rollups import customer_day_size
+from .status import OfflineReports, mark_offline
 
 METRICS_NAMESPACE = "fleetpulse.pipeline.score"
 SIGNALS = "signals"
@@ -46,16 +46,6 @@ ScoreFn = Callable[
     [Account | None, list[CustomerDay], Any, Any, str],
     tuple[list[DailySignal], list[Alert]],
 ]
-
-
-def one_per_day(days: Any) -> list[CustomerDay]:
-    """A customer's days sorted by day; of several restatements of a day, the largest."""
-    chosen: dict[str, CustomerDay] = {}
-    for day in days:
-        seen = chosen.get(day.day)
-        if seen is None or customer_day_size(day) > customer_day_size(seen):
-            chosen[day.day] = day
-    return [chosen[d] for d in sorted(chosen)]
 
 
 def _has_calendar(fleet: Any) -> bool:
@@ -79,7 +69,7 @@ class _ScoreFn(beam.DoFn):
         fleet = latest_fleet(fleets)
         accounts = list(groups["account"])
         account = accounts[0] if accounts else None
-        days = one_per_day(groups["days"])
+        days = mark_offline(one_per_day(groups["days"]), groups.get("offline", ()))
         if account is None:
             self._no_account.inc()
         elif not days:
@@ -127,7 +117,9 @@ class ScoreAccounts(beam.PTransform):
 
     ``fleet`` is a PCollection holding one fleet context (the output of
     :class:`~.fleet.FleetContextFrom`); when omitted it is derived from the
-    input with FleetContextFrom's defaults.
+    input with FleetContextFrom's defaults. ``status``: the gateways' status
+    rows (:class:`~.status.DecodeGatewayStatus`); a gateway that said offline
+    marks its customer's day (:func:`~.status.mark_offline`).
     """
 
     def __init__(
@@ -137,6 +129,7 @@ class ScoreAccounts(beam.PTransform):
         score_fn: ScoreFn,
         *,
         fleet: beam.PCollection | None = None,
+        status: beam.PCollection | None = None,
         trigger: Any = None,
         label: str | None = None,
     ) -> None:
@@ -145,9 +138,10 @@ class ScoreAccounts(beam.PTransform):
         self._model = model
         self._score_fn = score_fn
         self._fleet = fleet
+        self._status = status
         #: streaming: when to score the whole history (e.g. ``AfterWatermark()``:
         #: at the end of a bounded run; with ``early=AfterProcessingTime(n)``
-        #: every n seconds too). Panes accumulate; ``one_per_day`` keeps the
+        #: every n seconds too). Panes accumulate; ``model.one_per_day`` keeps the
         #: latest version of each day. None (batch): once, at the end.
         self._trigger = trigger
 
@@ -165,11 +159,50 @@ class ScoreAccounts(beam.PTransform):
             | "AllHistory" >> all_history(self._trigger)
             | "KeyByCustomer" >> beam.Map(lambda day: (day.customer_id, day))
         )
+        joined: dict[str, beam.PCollection] = {"account": accounts, "days": history}
+        if self._status is not None:
+            joined["offline"] = (
+                self._status
+                | "OfflineReports" >> OfflineReports()
+                | "OfflineHistory" >> all_history(self._trigger)
+            )
         return (
-            {"account": accounts, "days": history}
+            joined
             | "Join" >> beam.CoGroupByKey()
             | "Score"
             >> beam.ParDo(_ScoreFn(self._model, self._score_fn),
                           pvalue.AsList(fleet | "StampFleetPane" >> beam.ParDo(_StampPane())))
             .with_outputs(SIGNALS, ALERTS)
+        )
+
+
+class ScoreCustomers(beam.PTransform):
+    """CustomerDay (+ gateway status) → tagged ``signals`` and ``alerts``: the scoring both jobs share.
+
+    The fleet context (:class:`~.fleet.FleetContextFrom`, a side input) and
+    every account of the registry scored on its whole history
+    (:class:`ScoreAccounts`), each day marked with the gateways that reported
+    themselves offline. ``trigger`` is the job's scoring policy: None in batch
+    (once, at the end); in streaming e.g. ``AfterWatermark()`` or with early
+    firings (see :func:`fleetpulse.pipeline.jobs.ingest.scoring_trigger`).
+    """
+
+    def __init__(
+        self,
+        accounts: Mapping[str, Account],
+        model: Any,
+        score_fn: ScoreFn,
+        *,
+        status: beam.PCollection | None = None,
+        trigger: Any = None,
+        label: str | None = None,
+    ) -> None:
+        super().__init__(label)
+        self._accounts, self._model, self._score_fn = accounts, model, score_fn
+        self._status, self._trigger = status, trigger
+
+    def expand(self, days: beam.PCollection) -> pvalue.DoOutputsTuple:
+        fleet = days | "FleetContext" >> FleetContextFrom(trigger=self._trigger)
+        return days | "ScoreAccounts" >> ScoreAccounts(
+            self._accounts, self._model, self._score_fn, fleet=fleet, status=self._status, trigger=self._trigger
         )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
@@ -29,9 +30,13 @@ from typing import Any
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import TimestampedValue
 
 from fleetpulse.errors import quote
+from fleetpulse.pipeline.lake.landing import zone_of
 from fleetpulse.schemas import Rejection, dead_letter, load_contract
+
+from .rollups import WindowByEventTime, _EventTimeRollup
 
 DEAD_LETTERS = "dead_letters"
 METRICS_NAMESPACE = "fleetpulse.pipeline.status"
@@ -141,13 +146,33 @@ def _latest(rows: Any) -> dict[str, Any]:
     return max(rows, key=lambda r: (r["received_ms"], json.dumps(r, sort_keys=True)))
 
 
-class DecodeGatewayStatus(beam.PTransform):
-    """Status-zone landing rows → ``main`` rows (latest per gateway and minute) and ``dead_letters``."""
+class _AtReceived(beam.DoFn):
+    """Stamps a status row with the time it was received: a status has no device event time."""
+
+    def process(self, row: dict[str, Any]) -> Any:
+        yield TimestampedValue(row, row["received_ms"] / 1000)
+
+
+class DecodeGatewayStatus(_EventTimeRollup):
+    """Status-zone landing rows → ``main`` rows (latest per gateway and minute) and ``dead_letters``.
+
+    Takes the rollups' window policy (``window_mode``, ``allowed_lateness_s``,
+    ``trigger``): in batch one group per gateway-minute; in streaming each row
+    is stamped at its arrival and the minute is an event-time window, so a
+    minute's latest status leaves as soon as the watermark passes it.
+    """
 
     def expand(self, landing: beam.PCollection) -> dict[str, beam.PCollection]:
         parsed = landing | "Parse" >> beam.ParDo(_ParseStatusFn()).with_outputs(DEAD_LETTERS, main="main")
+        rows = parsed.main
+        if self._mode == "event_time":
+            rows = (
+                rows
+                | "AtReceived" >> beam.ParDo(_AtReceived())
+                | "ByMinute" >> WindowByEventTime(MINUTE_MS // 1000, **self._window)
+            )
         latest = (
-            parsed.main
+            rows
             | "KeyByGatewayMinute" >> beam.Map(lambda r: ((r["gateway_id"], r["minute_ms"]), r))
             | "LatestPerMinute" >> beam.CombinePerKey(_latest)
             | "Values" >> beam.Values()
@@ -159,34 +184,51 @@ def _utc_day(epoch_ms: int) -> str:
     return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC).date().isoformat()
 
 
-class MarkOfflineGateways(beam.PTransform):
-    """CustomerDay rows annotated with the gateways whose status said offline that day.
+class _StatusOrBatch(beam.PartitionFn):
+    def partition_for(self, element: Any, num_partitions: int, *args: Any, **kwargs: Any) -> int:
+        return 1 if zone_of(element["topic"]) == "status" else 0
 
-    ``status`` is the ``main`` output of :class:`DecodeGatewayStatus`; the day
-    is the UTC day the status was received. Only existing CustomerDay rows are
-    annotated: a day without any telemetry is low coverage anyway.
+
+class SplitStatus(beam.PTransform):
+    """Landing rows of every topic → ``(batches, status)``: the gateways' status messages apart.
+
+    The streaming source reads both topic families in one session; the batch
+    job reads them from their own zones. Anything that is not a status goes
+    with the batches, where the decoder dead-letters what is not a batch either.
     """
 
-    def __init__(self, status: beam.PCollection) -> None:
-        super().__init__()
-        self.status = status
+    def expand(self, messages: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        parts = messages | "ByZone" >> beam.Partition(_StatusOrBatch(), 2)
+        return parts[0], parts[1]
 
-    def expand(self, days: beam.PCollection) -> beam.PCollection:
-        offline = (
-            self.status
-            | "OnlyOffline" >> beam.Filter(lambda r: r["state"] == "offline")
-            | "KeyByCustomerDay" >> beam.Map(lambda r: ((r["customer_id"], _utc_day(r["received_ms"])), r["gateway_id"]))
-        )
-        keyed = days | "KeyDays" >> beam.Map(lambda d: ((d.customer_id, d.day), d))
+
+class OfflineReports(beam.PTransform):
+    """Gateway status rows (:class:`DecodeGatewayStatus` ``main``) → ``(customer_id, (day, gateway_id))``
+    for every status that said offline; the day is the UTC day it was received.
+
+    The scoring join (:class:`~.scoring.ScoreAccounts`) groups them with the
+    customer's days and marks each day's offline gateways (:func:`mark_offline`):
+    a gateway that reported itself offline makes its customer's day low coverage.
+    """
+
+    def expand(self, status: beam.PCollection) -> beam.PCollection:
         return (
-            {"days": keyed, "offline": offline}
-            | "Join" >> beam.CoGroupByKey()
-            | "Annotate" >> beam.FlatMap(_annotate)
+            status
+            | "OnlyOffline" >> beam.Filter(lambda r: r["state"] == "offline")
+            | "KeyByCustomer" >> beam.Map(
+                lambda r: (r["customer_id"], (_utc_day(r["received_ms"]), r["gateway_id"])))
         )
 
 
-def _annotate(joined: tuple[Any, dict[str, Any]]) -> Any:
-    _, groups = joined
-    gateways = tuple(sorted(set(groups["offline"])))
-    for day in groups["days"]:
-        yield dataclasses.replace(day, offline_gateways=gateways) if gateways else day
+def mark_offline(days: Iterable[Any], reports: Iterable[tuple[str, str]]) -> list[Any]:
+    """A customer's CustomerDays with ``offline_gateways`` set from its ``(day, gateway_id)`` reports.
+
+    Only existing days are marked: a day without any telemetry is low coverage anyway.
+    """
+    by_day: dict[str, set[str]] = {}
+    for day, gateway in reports:
+        by_day.setdefault(day, set()).add(gateway)
+    return [
+        dataclasses.replace(day, offline_gateways=tuple(sorted(by_day[day.day]))) if day.day in by_day else day
+        for day in days
+    ]

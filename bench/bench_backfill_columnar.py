@@ -63,12 +63,12 @@ from fleetpulse.devices.simulator.generate import TelemetryGenerator
 from fleetpulse.devices.simulator.simulation import SimulationConfig
 from fleetpulse.pipeline.jobs.backfill import local_beam_args
 from fleetpulse.pipeline.lake.landing import LandingWriter, landing_files
-from fleetpulse.pipeline.outputs.tables import DEVICE_HOUR_SCHEMA, device_hour_row
+from fleetpulse.pipeline.model import DEVICE_HOUR_SCHEMA
+from fleetpulse.pipeline.outputs.tables import device_hour_row
 from fleetpulse.pipeline.sources.lake import ReadLanding, ReadLandingTables
 from fleetpulse.pipeline.transforms import DecodeBatches, DedupeRecords, DeviceHourlyRollups
 from fleetpulse.pipeline.transforms.arrow_decode import ArrowDecoder, _json_schema
 from fleetpulse.pipeline.transforms.columnar import (
-    DEVICE_HOUR_ARROW,
     DecodeBatchTables,
     DedupeRecordTables,
     DeviceHourTables,
@@ -197,7 +197,7 @@ def columnar(lake: str, out: str | None, runner: list[str]) -> int:
         _ = tables | beam.ParDo(_CountRows(lambda t: t.num_rows))
     else:
         _ = tables | beam.io.WriteToParquetBatched(
-            f"{out}/part", DEVICE_HOUR_ARROW, file_name_suffix=".parquet"
+            f"{out}/part", DEVICE_HOUR_SCHEMA, file_name_suffix=".parquet"
         )
     return _run(p)
 
@@ -342,7 +342,7 @@ def bare_json_group_by(payloads: list[bytes]) -> pa.Table:
 
 def _read(folder: str) -> pa.Table:
     table = pa.concat_tables(
-        pq.read_table(f, schema=DEVICE_HOUR_ARROW) for f in sorted(Path(folder).glob("part-*.parquet"))
+        pq.read_table(f, schema=DEVICE_HOUR_SCHEMA) for f in sorted(Path(folder).glob("part-*.parquet"))
     )
     keys = ["customer_id", "site_id", "gateway_id", "device_id", "hour_ms"]
     return table.sort_by([(k, "ascending") for k in keys])

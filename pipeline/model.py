@@ -28,6 +28,8 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+
 #: Health bands, best first: a band's rank is its index, so worse is higher.
 BANDS: tuple[str, ...] = ("green", "yellow", "red")
 #: Lifecycle stages in the order a customer moves through them (rules in health/score.py).
@@ -218,3 +220,73 @@ def one_per_day(days: Iterable[CustomerDay]) -> list[CustomerDay]:
         if seen is None or restatement_rank(day) > restatement_rank(seen):
             chosen[day.day] = day
     return [chosen[d] for d in sorted(chosen)]
+
+
+# --------------------------------------------------------------- Arrow forms
+# The Parquet tables of the rows above (the outputs' signals/ and device_hourly/,
+# and the columnar engine's device-hour tables), beside the rows they hold:
+# a field added to a dataclass is added here (tests check the names agree).
+
+COMPONENT = pa.struct(
+    [
+        ("name", pa.string()),
+        ("value", pa.float64()),
+        ("score", pa.float64()),
+        ("weight", pa.float64()),
+        ("contribution", pa.float64()),
+        ("detail", pa.string()),
+    ]
+)
+
+SIGNAL_SCHEMA = pa.schema(
+    [
+        ("customer_id", pa.string()),
+        ("day", pa.string()),
+        ("segment", pa.string()),
+        ("csm_owner", pa.string()),
+        ("entitled_devices", pa.int64()),
+        ("known_devices", pa.int64()),
+        ("active_devices", pa.int64()),
+        ("adoption", pa.float64()),
+        ("usage_per_active_device", pa.float64()),
+        ("feature_breadth", pa.float64()),
+        ("error_rate", pa.float64()),
+        ("firmware_currency", pa.float64()),
+        ("coverage", pa.float64()),
+        ("low_coverage", pa.bool_()),
+        ("health", pa.float64()),
+        ("band", pa.string()),
+        ("previous_health", pa.float64()),
+        ("trend_delta", pa.float64()),
+        ("trend", pa.string()),
+        ("stage", pa.string()),
+        ("driver", pa.string()),
+        ("components", pa.list_(COMPONENT)),
+        ("time_to_value_days", pa.int64()),
+        ("record_coverage", pa.float64()),
+    ]
+)
+
+DEVICE_HOUR_SCHEMA = pa.schema(
+    [
+        ("customer_id", pa.string()),
+        ("site_id", pa.string()),
+        ("gateway_id", pa.string()),
+        ("device_id", pa.string()),
+        ("hour_ms", pa.int64()),
+        ("records", pa.int64()),
+        ("heartbeats", pa.int64()),
+        ("expected_heartbeats", pa.float64()),
+        ("usage_records", pa.int64()),
+        ("feature_uses", pa.int64()),
+        ("errors", pa.int64()),
+        ("critical_errors", pa.int64()),
+        ("usage", pa.map_(pa.string(), pa.float64())),
+        ("features", pa.map_(pa.string(), pa.int64())),
+        ("error_fw", pa.map_(pa.string(), pa.int64())),
+        ("fw", pa.string()),
+        ("last_ts_ms", pa.int64()),
+        ("seq_spans", pa.list_(pa.struct([("boot", pa.int64()), ("min_seq", pa.int64()),
+                                          ("max_seq", pa.int64()), ("records", pa.int64())]))),
+    ]
+)

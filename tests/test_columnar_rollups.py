@@ -21,10 +21,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from fleetpulse.devices.simulator.generate import TelemetryGenerator
 from fleetpulse.devices.simulator.simulation import SimulationConfig
 from fleetpulse.pipeline.lake.schema import lake_schema
-from fleetpulse.pipeline.model import DeviceHour
+from fleetpulse.pipeline.model import DEVICE_HOUR_SCHEMA, DeviceHour
 from fleetpulse.pipeline.transforms import DedupeRecords, DeviceHourlyRollups, lake_columns
 from fleetpulse.pipeline.transforms.columnar import (
-    DEVICE_HOUR_ARROW,
     DedupeRecordTables,
     DeviceHoursFromTables,
     DeviceHourTables,
@@ -187,7 +186,7 @@ def test_copies_with_other_event_times_are_still_one_record() -> None:
 def test_empty_input_gives_empty_tables() -> None:
     survivors, duplicates = dedupe_table(lake_schema().empty_table())
     assert (survivors.num_rows, duplicates) == (0, 0)
-    assert device_hour_table(survivors).schema == DEVICE_HOUR_ARROW
+    assert device_hour_table(survivors).schema == DEVICE_HOUR_SCHEMA
 
 
 def test_shards_are_stable_and_parts_are_compact() -> None:

@@ -80,7 +80,7 @@ def resolve(args: argparse.Namespace):  # -> JobConfig
             "point --lake at the folder `fleetpulse land` writes to",
         )
     model = load_health_model(args.health_model)
-    history_days = getattr(args, "history_days", None)
+    history_days = args.history_days
     if history_days is not None:
         if from_day is None:
             raise ConfigError("command line", "--history-days", "is given without --from",

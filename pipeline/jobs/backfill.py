@@ -48,6 +48,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from fleetpulse.pipeline.health.config import HealthModel
 from fleetpulse.pipeline.health.score import score_account
+from fleetpulse.pipeline.model import DeviceHour
 from fleetpulse.pipeline.outputs.influx import InfluxConfig
 from fleetpulse.pipeline.outputs.publish import PublishResults, WholeFiles
 from fleetpulse.pipeline.sources.lake import ReadLanding, ReadLandingTables, has_files
@@ -237,7 +238,7 @@ class KeepOutputPeriod(beam.PTransform):
             return items
 
         def keep(item: Any) -> bool:
-            if hasattr(item, "hour_ms"):
+            if isinstance(item, DeviceHour):
                 return bool(item.hour_ms >= low)
             return bool(item.day >= first)
 

@@ -26,6 +26,7 @@ import pyarrow as pa
 from apache_beam.transforms.window import GlobalWindows
 
 from fleetpulse.pipeline.lake.archive import WriteRawArchive, WriteRawArchiveTables
+from fleetpulse.pipeline.model import DEVICE_HOUR_SCHEMA, SIGNAL_SCHEMA
 
 from . import tables
 from .bundles import WriteArchivePanes, WriteJsonLinesParts, WriteParquetParts
@@ -106,7 +107,7 @@ class PublishResults(beam.PTransform):
         _ = (
             hours
             | "DeviceHourRows" >> beam.Map(tables.device_hour_row)
-            | "WriteDeviceHours" >> files.table("device_hourly", tables.DEVICE_HOUR_SCHEMA)
+            | "WriteDeviceHours" >> files.table("device_hourly", DEVICE_HOUR_SCHEMA)
         )
         point_sets = {"Device": hours | "DevicePoints" >> beam.Map(device_hour_point)}
         signals, alerts, status = results.get("signals"), results.get("alerts"), results.get("status")
@@ -114,7 +115,7 @@ class PublishResults(beam.PTransform):
             _ = (
                 signals
                 | "SignalRows" >> beam.Map(tables.signal_row)
-                | "WriteSignals" >> files.table("signals", tables.SIGNAL_SCHEMA)
+                | "WriteSignals" >> files.table("signals", SIGNAL_SCHEMA)
             )
             point_sets["Customer"] = signals | "CustomerPoints" >> beam.Map(customer_day_point)
         if alerts is not None:

@@ -2,7 +2,7 @@
 
     landing tables ─DecodeBatchTables─▶ lake tables (+ dead_letters)       arrow_decode.ArrowDecoder
                    ─DedupeRecordTables(shards)─▶ one table per device shard, one row per record
-                   ─DeviceHourTables─▶ device-hour tables (DEVICE_HOUR_ARROW)
+                   ─DeviceHourTables─▶ device-hour tables (DEVICE_HOUR_SCHEMA)
                    ─DeviceHoursFromTables─▶ DeviceHour                      (Python objects only here)
 
 The same numbers as the per-element transforms (:class:`~.decode.DecodeBatches`
@@ -57,8 +57,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from fleetpulse.pipeline.lake.storage import table_from_ipc, table_to_ipc
-from fleetpulse.pipeline.model import DeviceHour
-from fleetpulse.pipeline.outputs.tables import DEVICE_HOUR_SCHEMA
+from fleetpulse.pipeline.model import DEVICE_HOUR_SCHEMA, DeviceHour
 from fleetpulse.schemas import Contract
 
 from . import decode as decode_module
@@ -76,7 +75,6 @@ DEFAULT_CHUNK_MESSAGES = 1000
 
 SEQ_SPAN = DEVICE_HOUR_SCHEMA.field("seq_spans").type.value_type
 #: A DeviceHour as an Arrow row: the job's device_hourly Parquet schema, one definition.
-DEVICE_HOUR_ARROW = DEVICE_HOUR_SCHEMA
 
 
 # ------------------------------------------------------------------ helpers
@@ -249,14 +247,14 @@ def _seq_spans(segment: np.ndarray, boot: np.ndarray, seq: np.ndarray, segments:
 
 
 def device_hour_table(table: pa.Table) -> pa.Table:
-    """Deduplicated lake rows → one DEVICE_HOUR_ARROW row per (customer, site, gateway, device, hour).
+    """Deduplicated lake rows → one DEVICE_HOUR_SCHEMA row per (customer, site, gateway, device, hour).
 
     ``table`` must hold every record of each of its devices (a shard from
     :func:`dedupe_table`); the numbers equal :class:`~.rollups.DeviceHourFn`'s.
     """
     n = table.num_rows
     if n == 0:
-        return DEVICE_HOUR_ARROW.empty_table()
+        return DEVICE_HOUR_SCHEMA.empty_table()
     ts = _numpy(table["ts_ms"])
     hour = ts - ts % HOUR_MS
     who = _codes(
@@ -326,13 +324,13 @@ def device_hour_table(table: pa.Table) -> pa.Table:
         "seq_spans": _seq_spans(segment, boot, seq, segments),
     }
     return pa.Table.from_arrays(
-        [columns[f.name] for f in DEVICE_HOUR_ARROW], schema=DEVICE_HOUR_ARROW
+        [columns[f.name] for f in DEVICE_HOUR_SCHEMA], schema=DEVICE_HOUR_SCHEMA
     )
 
 
 def device_hours_from_table(table: pa.Table) -> list[DeviceHour]:
-    """DEVICE_HOUR_ARROW rows → DeviceHour objects (maps in key order, spans by boot)."""
-    columns = [table[name].to_pylist() for name in DEVICE_HOUR_ARROW.names]
+    """DEVICE_HOUR_SCHEMA rows → DeviceHour objects (maps in key order, spans by boot)."""
+    columns = [table[name].to_pylist() for name in DEVICE_HOUR_SCHEMA.names]
     hours = []
     for (*head, usage, features, error_fw, fw, last_ts_ms, spans) in zip(*columns, strict=True):
         hours.append(
@@ -350,7 +348,7 @@ def device_hours_from_table(table: pa.Table) -> list[DeviceHour]:
 
 
 # The positional fields above follow the dataclass; a new DeviceHour field must be added to both.
-assert DEVICE_HOUR_ARROW.names == [f.name for f in dataclasses.fields(DeviceHour)]
+assert DEVICE_HOUR_SCHEMA.names == [f.name for f in dataclasses.fields(DeviceHour)]
 
 
 # ---------------------------------------------------------------- composites
@@ -489,14 +487,14 @@ class DedupeRecordTables(beam.PTransform):
 
 
 class DeviceHourTables(beam.PTransform):
-    """Device-shard tables from :class:`DedupeRecordTables` → DEVICE_HOUR_ARROW tables."""
+    """Device-shard tables from :class:`DedupeRecordTables` → DEVICE_HOUR_SCHEMA tables."""
 
     def expand(self, tables: beam.PCollection) -> beam.PCollection:
         return tables | "RollUp" >> beam.Map(device_hour_table).with_output_types(pa.Table)
 
 
 class DeviceHoursFromTables(beam.PTransform):
-    """DEVICE_HOUR_ARROW tables → :class:`DeviceHour` elements (for the per-customer steps)."""
+    """DEVICE_HOUR_SCHEMA tables → :class:`DeviceHour` elements (for the per-customer steps)."""
 
     def expand(self, tables: beam.PCollection) -> beam.PCollection:
         return tables | "ToDeviceHour" >> beam.FlatMap(device_hours_from_table)

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
             known = ", ".join(sorted({s.customer_id for s in signals})[:10])
             raise ConfigError("command line", "--customer", f"{args.customer!r} has no signals",
                               f"use one of: {known} …")
-        print(render_account(history))
+        print(render_account(history, outputs.read_health_model(args.out)))
     else:
         print(render_portfolio(outputs.latest_per_customer(signals), outputs.read_alerts(args.out)))
     return 0

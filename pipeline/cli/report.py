@@ -59,8 +59,10 @@ def run(args: argparse.Namespace) -> int:
                           "pass --signals with the folder `fleetpulse backfill --out` wrote "
                           "(run `fleetpulse backfill` or `make demo` first)")
     retention = read_retention(args.retention) if args.retention else None
+    # The bands drawn are those of the model that scored the signals, kept beside them.
     text = render_html(signals, outputs.read_alerts(source), title=args.title,
-                       generated_at=datetime.now(UTC), retention=retention)
+                       generated_at=datetime.now(UTC), retention=retention,
+                       model=outputs.read_health_model(source))
     target = Path(args.out) / REPORT_NAME
     # Write then rename: a browser reloading the report never sees half a file.
     partial = target.with_name(f".{REPORT_NAME}.partial")

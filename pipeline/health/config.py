@@ -15,6 +15,7 @@ about telemetry; :mod:`fleetpulse.pipeline.health.score` applies the model.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -142,6 +143,9 @@ class HealthModel:
     lifecycle: Lifecycle = Lifecycle()
     coverage: CoveragePolicy = CoveragePolicy()
     alerts: AlertPolicy = AlertPolicy()
+    #: the YAML the model was read from, kept so that the jobs can write it beside
+    #: the signals it scored (the reports then draw the bands it used)
+    text: str = field(default="", repr=False, compare=False)
 
     def weights_for(self, segment: str, stage: str | None = None) -> dict[str, float]:
         """The configured (not yet normalised) weight of each component for a segment and stage.
@@ -180,7 +184,7 @@ def load_health_model(path: str | Path | None = None) -> HealthModel:
                 source, "file", f"cannot read the health model ({exc.strerror})",
                 "pass the path of a health model YAML, or none for the packaged default",
             ) from None
-    return _Parser(source).model(parse_yaml(text, source))
+    return dataclasses.replace(_Parser(source).model(parse_yaml(text, source)), text=text)
 
 
 def parse_yaml(text: str, source: str) -> Any:

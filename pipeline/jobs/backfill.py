@@ -51,6 +51,7 @@ from fleetpulse.pipeline.health.score import score_account
 from fleetpulse.pipeline.model import DeviceHour
 from fleetpulse.pipeline.outputs.influx import InfluxConfig
 from fleetpulse.pipeline.outputs.publish import PublishResults, WholeFiles
+from fleetpulse.pipeline.outputs.tables import write_health_model
 from fleetpulse.pipeline.sources.lake import ReadLanding, ReadLandingTables, has_files
 from fleetpulse.pipeline.transforms import (
     ALERTS,
@@ -301,6 +302,7 @@ def local_beam_args() -> list[str]:
 def run(config: JobConfig, beam_args: list[str]) -> Any:  # -> apache_beam PipelineResult
     """Run the job over ``config`` with ``beam_args`` (the local default when empty) and wait."""
     clear_outputs(config.out)
+    write_health_model(config.out, config.model)  # the signals travel with the model that scored them
     options = PipelineOptions(beam_args or local_beam_args())
     result = build_pipeline(options, config).run()
     result.wait_until_finish()

@@ -46,6 +46,7 @@ from fleetpulse.pipeline.outputs.bundles import (
 )
 from fleetpulse.pipeline.outputs.influx import InfluxConfig
 from fleetpulse.pipeline.outputs.publish import BundleFiles, PublishResults
+from fleetpulse.pipeline.outputs.tables import write_health_model
 from fleetpulse.pipeline.sources.lake import ReplayLanding
 from fleetpulse.pipeline.sources.mqtt import MqttSourceConfig, ReadFromMqtt
 from fleetpulse.pipeline.transforms import (
@@ -202,6 +203,8 @@ def run(config: IngestConfig, beam_args: list[str]) -> Any:  # -> PipelineResult
     stop_file = config.source.stop_file
     if stop_file:
         Path(stop_file).unlink(missing_ok=True)  # a stale stop request from an earlier run
+    if config.model is not None:
+        write_health_model(config.out, config.model)  # the signals travel with the model that scored them
     options = PipelineOptions(beam_args or local_beam_args())
     options.view_as(StandardOptions).streaming = True
     pipeline = build_pipeline(options, config)

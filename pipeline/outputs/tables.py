@@ -4,6 +4,7 @@
     <out>/device_hourly/part-*.parquet  one row per device and hour (DeviceHour)
     <out>/alerts.jsonl                  alerts raised, one JSON object per line
     <out>/dead_letters.jsonl            records and messages refused, with reasons
+    <out>/health_model.yaml             the health model the signals were scored with
 
 The streaming job writes the same tables as per-bundle parts
 (``part-p<pane>-<hash>.parquet``, ``alerts/part-*.jsonl``,
@@ -25,6 +26,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from fleetpulse.pipeline.health.config import HealthModel, load_health_model
+from fleetpulse.pipeline.lake.storage import commit_bytes, join
 from fleetpulse.pipeline.model import SIGNAL_SCHEMA, Alert, Component, DailySignal, DeviceHour
 
 
@@ -102,6 +105,24 @@ def latest_per_customer(signals: list[DailySignal]) -> list[DailySignal]:
         if signal.customer_id not in latest or signal.day > latest[signal.customer_id].day:
             latest[signal.customer_id] = signal
     return list(latest.values())
+
+
+#: the health model a job scored with, written beside its signals (its YAML, as given)
+HEALTH_MODEL_FILE = "health_model.yaml"
+
+
+def write_health_model(out: str, model: HealthModel) -> str:
+    """Keep ``model`` beside the signals under ``out`` (local or ``gs://``), atomically; returns the path."""
+    path = join(out, HEALTH_MODEL_FILE)
+    commit_bytes(path, model.text.encode("utf-8"))
+    return path
+
+
+def read_health_model(out: str | Path) -> HealthModel:
+    """The health model the signals under ``out`` were scored with: the one the job kept beside
+    them, else (outputs of a job before models travelled) the packaged default."""
+    path = Path(out) / HEALTH_MODEL_FILE
+    return load_health_model(path if path.is_file() else None)
 
 
 def dead_letter_json(row: dict[str, Any]) -> str:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Iterable, Sequence
 
-from fleetpulse.pipeline.health.score import format_value
+from fleetpulse.pipeline.health.config import HealthModel
+from fleetpulse.pipeline.health.wording import format_value
 from fleetpulse.pipeline.model import BANDS, Alert, DailySignal, most_severe_first, worst_band_first
 
 TREND_ARROW = {"up": "^", "down": "v", "flat": "="}
@@ -110,8 +111,14 @@ def render_portfolio(latest: list[DailySignal], alerts: list[Alert]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_account(history: list[DailySignal]) -> str:
-    """One account explained from its daily signals (any order, one customer)."""
+def bands_line(model: HealthModel) -> str:
+    """The bands of the model that scored the signals, e.g. ``green 70-100, yellow 50-70, red 0-50``."""
+    return "Bands: " + ", ".join(f"{band} {low:g}-{high:g}" for band, low, high in model.bands.ranges())
+
+
+def render_account(history: list[DailySignal], model: HealthModel | None = None) -> str:
+    """One account explained from its daily signals (any order, one customer); with the ``model``
+    that scored them, the bands' cut-offs too."""
     if not history:
         return "No signals for this account.\n"
     customers = {s.customer_id for s in history}
@@ -133,6 +140,7 @@ def render_account(history: list[DailySignal]) -> str:
         f"Coverage {coverage_cell(s)} of expected heartbeats"
         + (" - usage components may be held at their last trustworthy values" if s.low_coverage else ""),
         f"Driver: {s.driver}",
+        *([bands_line(model)] if model is not None else []),
         "",
     ]
     lines = [safe(line) for line in lines]

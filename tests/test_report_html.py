@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from fleetpulse.cli import main
-from fleetpulse.pipeline.model import Alert, Component, DailySignal
+from fleetpulse.pipeline.model import STAGES, Alert, Component, DailySignal
 from fleetpulse.pipeline.outputs import tables as outputs
-from fleetpulse.pipeline.report.html import STAGE_ORDER, anchor_id, render_html
+from fleetpulse.pipeline.report.html import anchor_id, render_html
 
 GENERATED = datetime(2024, 3, 5, 9, 30, tzinfo=UTC)
 CHROMIUM = Path("/usr/bin/chromium")
@@ -203,7 +203,7 @@ def test_funnel_counts_stages_of_the_latest_day_in_lifecycle_order() -> None:
     signals, alerts = portfolio()
     page = render_html(signals, alerts, title="t", generated_at=GENERATED)
     funnel = next(part for part in page.split("<svg")[1:] if "Lifecycle funnel" in part)
-    positions = [funnel.index(f">{stage}</text>") for stage in STAGE_ORDER]
+    positions = [funnel.index(f">{stage}</text>") for stage in STAGES]
     assert positions == sorted(positions)
     assert "<title>onboarding: 1</title>" in funnel and "<title>at_risk: 1</title>" in funnel
     assert "<title>mature: 1</title>" in funnel and "<title>adopting: 0</title>" in funnel

@@ -32,7 +32,7 @@ from fleetpulse.pipeline.model import (
     severity_rank,
     worst_band_first,
 )
-from fleetpulse.pipeline.report import html
+from fleetpulse.pipeline.report import charts
 
 from .test_health_score import START, account, cday, fleet, two_gateway_days
 from .test_playbooks_support import book, one
@@ -109,8 +109,8 @@ def test_band_ranges_cover_the_health_scale_in_band_order() -> None:
 
 
 def test_every_band_has_its_colours_in_the_html_report() -> None:
-    assert set(html.BAND_COLOUR) == set(BANDS) == set(html.BAND_FILL)
-    assert set(html.ALARM_STAGES) <= set(STAGES)
+    assert set(charts.BAND_COLOUR) == set(BANDS) == set(charts.BAND_FILL)
+    assert set(charts.ALARM_STAGES) <= set(STAGES)
 
 
 def test_the_scorer_speaks_only_the_vocabulary() -> None:

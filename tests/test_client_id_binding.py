@@ -229,10 +229,14 @@ def test_every_real_client_connects_and_its_data_flows(
                 while (delivery := reader.poll(0)) is not None:
                     read.append((n, delivery.topic, delivery.payload))
                     reader.ack((delivery,))
-            return {t for _, t, _ in read} == {batches(GW1), batches(GW2)} and \
-                sum(len(json.loads(p)["records"]) for _, _, p in read) >= 40
+            batch_reads = [(t, p) for _, t, p in read if t.endswith("/batches")]
+            # The readers take the gateways' status too (live scoring marks an offline gateway).
+            return {t for t, _ in batch_reads} == {batches(GW1), batches(GW2)} and \
+                sum(len(json.loads(p)["records"]) for _, p in batch_reads) >= 40 and \
+                {t for _, t, _ in read if t.endswith("/status")} == statuses
 
-        wait_until(drain_readers, 30, "both gateways' batches at the ingest readers")
+        statuses = {CONTRACT.topic("gateway_status", **ids) for ids in (GW1, GW2)}
+        wait_until(drain_readers, 30, "both gateways' batches and status at the ingest readers")
         wait_until(lambda: {t for t, _ in landed(lake)} == {batches(GW1), batches(GW2)}
                    and len([r for _, p in landed(lake) for r in json.loads(p)["records"]]) >= 40, 30,
                    "both gateways' batches landed")
@@ -240,7 +244,8 @@ def test_every_real_client_connects_and_its_data_flows(
                    == {CONTRACT.topic("gateway_status", **ids) for ids in (GW1, GW2)}, 30,
                    "both gateways' status landed by the status lander")
         assert landed_records(lake) == expected
-        assert {(r["device_id"], r["seq"]) for _, _, p in read for r in json.loads(p)["records"]} == expected
+        assert {(r["device_id"], r["seq"]) for _, t, p in read if t.endswith("/batches")
+                for r in json.loads(p)["records"]} == expected
         payloads = [p for _, _, p in read]
         assert len(payloads) == len(set(payloads))  # the shared subscription split, never doubled
         assert not any(r.taken_over for r in readers)

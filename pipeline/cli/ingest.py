@@ -246,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     from fleetpulse.pipeline.jobs import ingest
     from fleetpulse.pipeline.jobs.metrics import counters
     from fleetpulse.pipeline.outputs.bundles import keeps_bundles_in_memory
-    from fleetpulse.pipeline.sources.mqtt import check_broker
+    from fleetpulse.pipeline.sources.mqtt_config import check_broker
 
     config = resolve(args)
     stop_file = config.source.stop_file

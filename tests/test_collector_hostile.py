@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from fleetpulse.devices.collector import collector as collector_module
+from fleetpulse.devices.collector import intake as collector_module  # where dead letters are built
 from fleetpulse.devices.collector.collector import INTERNAL_ERROR, Collector
 from fleetpulse.devices.collector.config import CollectorConfig, load_config
 from fleetpulse.errors import ConfigError

@@ -135,3 +135,43 @@ def test_a_client_certificate_that_does_not_load_names_the_cert_setting(
                                                        cert_file=str(tmp_path / "gw.pem"),
                                                        key_file=str(tmp_path / "gw.key")))
     assert info.value.key == "upstream.cert_file" and "gw.pem" in str(info.value)
+
+
+# ------------------------------------------------------------------ the parts build through it
+class FakeFactory:
+    """A client factory that hands out Recorders and keeps the options it was asked for."""
+
+    def __init__(self) -> None:
+        self.options: list[ClientOptions] = []
+        self.client = Recorder()
+        self.client.calls = []
+
+    def __call__(self, options: ClientOptions) -> Recorder:
+        self.options.append(options)
+        return self.client
+
+
+def test_the_lander_asks_for_a_persistent_manually_acknowledged_311_session(tmp_path: Path) -> None:
+    from fleetpulse.pipeline.lake.lander import Lander, LanderConfig
+
+    factory = FakeFactory()
+    Lander(LanderConfig(lake=tmp_path, client_id="lander-1", tls=True, ca_file="ca.pem", username="lander",
+                        password="pw"), client_factory=factory)
+    assert factory.options == [ClientOptions("lander-1", "3.1.1", persistent=True, manual_ack=True)]
+    assert factory.client.calls == [
+        ("credentials", ("lander", "pw")),
+        ("tls", {"ca_certs": "ca.pem", "certfile": None, "keyfile": None, "cert_reqs": ssl.CERT_REQUIRED}),
+    ]
+
+
+def test_an_mqtt_channel_ca_file_that_does_not_load_fails_the_message_for_good(tmp_path: Path) -> None:
+    from fleetpulse.errors import TerminalError
+    from fleetpulse.pipeline.playbooks.channels import Mqtt
+    from fleetpulse.pipeline.playbooks.config import ChannelConfig
+
+    from .test_playbooks_channels import outbox_row
+
+    config = ChannelConfig(name="ops", type="mqtt", host="127.0.0.1", port=1, security="tls",
+                           ca_file=str(tmp_path / "missing.pem"), topic="fleetpulse/alerts/x")
+    with pytest.raises(TerminalError, match=r"channels\.ops\.ca_file="):
+        Mqtt(config, None, None).send(outbox_row(recipient="fleetpulse/alerts/x"))

@@ -21,6 +21,7 @@ from typing import IO, Any, Protocol
 
 from paho.mqtt.enums import MQTTErrorCode
 
+from fleetpulse import mqtt_client
 from fleetpulse.errors import TerminalError, TransientError
 
 from .generate import DeviceMessage
@@ -200,9 +201,8 @@ class MqttSink:
 
 
 def _paho_client(client_id: str) -> Any:
-    from paho.mqtt.client import CallbackAPIVersion, Client
-
-    return Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    # A clean 3.1.1 session: the simulator keeps nothing between runs.
+    return mqtt_client.new_client(mqtt_client.ClientOptions(client_id, "3.1.1"))
 
 
 class FileSink:

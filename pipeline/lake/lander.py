@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from fleetpulse import mqtt_tls
+from fleetpulse import mqtt_client, mqtt_tls
+from fleetpulse.clock import wall_clock_ms
 from fleetpulse.errors import TransientError
 from fleetpulse.schemas import load_contract
 
@@ -59,15 +59,18 @@ class Lander:
     """Lifecycle: ``start()`` connects and subscribes; ``stop()`` commits and disconnects.
 
     ``start()`` raises TransientError while the broker cannot be reached and
-    :class:`~fleetpulse.mqtt_tls.TlsRefused` when its certificate does not verify.
+    :class:`~fleetpulse.mqtt_tls.TlsRefused` when its certificate does not verify
+    (the constructor too, when ``ca_file`` cannot be loaded). ``client_factory``
+    makes the paho client (:func:`fleetpulse.mqtt_client.new_client`; tests may
+    pass a fake); it is configured here.
     """
 
     def __init__(
         self,
         config: LanderConfig,
         *,
-        client_factory: Callable[..., mqtt.Client] = mqtt.Client,
-        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        client_factory: Callable[[mqtt_client.ClientOptions], Any] = mqtt_client.new_client,
+        clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self.config = config
         self._clock_ms = clock_ms
@@ -90,17 +93,11 @@ class Lander:
             "reconnects": 0,
             "errors": 0,
         }
-        self._client = client_factory(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=config.client_id,
-            clean_session=False,
-            protocol=mqtt.MQTTv311,
-            manual_ack=True,
-        )
-        if config.tls:
-            self._client.tls_set_context(mqtt_tls.client_context(config.ca_file, TLS_SETTINGS))
-        if config.username:
-            self._client.username_pw_set(config.username, config.password)
+        # A persistent 3.1.1 session: the broker keeps what arrives while the lander is away.
+        self._options = mqtt_client.ClientOptions(config.client_id, "3.1.1", persistent=True, manual_ack=True)
+        self._client = client_factory(self._options)
+        tls = mqtt_client.Tls(TLS_SETTINGS, ca_file=config.ca_file) if config.tls else None
+        mqtt_client.configure(self._client, tls=tls, username=config.username, password=config.password)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -111,7 +108,7 @@ class Lander:
         # An unreachable broker is TransientError (retried); a certificate that
         # does not verify is mqtt_tls.TlsRefused, which no retry fixes.
         mqtt_tls.connect(self._client, cfg.host, cfg.port, TLS_SETTINGS if cfg.tls else None,
-                         keepalive=cfg.keepalive_s)
+                         **mqtt_client.connect_kwargs(self._options, keepalive_s=cfg.keepalive_s))
         self._client.loop_start()
         if not self._connected.wait(timeout_s):
             self._client.loop_stop()

@@ -34,7 +34,9 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any, Protocol
 
+from fleetpulse import mqtt_client
 from fleetpulse.errors import ConfigError, TerminalError, TransientError
+from fleetpulse.mqtt_tls import TlsSettings
 
 from .config import ChannelConfig, PlaybookSet
 from .ledger import OutboxRow
@@ -256,10 +258,12 @@ class Mqtt:
             connected.set()
 
         client.on_connect = on_connect
-        if self.username is not None:
-            client.username_pw_set(self.username, self.password)
+        tls = None
         if self.config.security == "tls":
-            client.tls_set_context(_tls_context(self.config.ca_file))
+            settings = TlsSettings(ca_key=f"channels.{self.name}.ca_file", host_key=f"channels.{self.name}.host")
+            tls = mqtt_client.Tls(settings, ca_file=self.config.ca_file)
+        # (a CA file that cannot be loaded is TlsFilesUnusable: terminal, naming the key)
+        mqtt_client.configure(client, tls=tls, username=self.username, password=self.password)
         try:
             client.connect(self.config.host or "localhost", self.config.port or 1883, keepalive=30)
         except OSError as exc:
@@ -284,9 +288,7 @@ class Mqtt:
 
 
 def _paho_client(client_id: str) -> Any:
-    import paho.mqtt.client as mqtt
-
-    return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+    return mqtt_client.new_client(mqtt_client.ClientOptions(client_id, "3.1.1"))
 
 
 # ---- file -------------------------------------------------------------------------------

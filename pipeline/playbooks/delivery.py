@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from fleetpulse import backoff
+from fleetpulse.clock import wall_clock_ms
 from fleetpulse.errors import TerminalError, TransientError
 
 from .channels import Channel, RetryLater
@@ -27,10 +29,6 @@ from .config import DeliveryPolicy
 from .ledger import Ledger, OutboxRow
 
 log = logging.getLogger(__name__)
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass
@@ -60,9 +58,9 @@ class OutboxWorker:
         self.report = DeliveryReport()
 
     def backoff_ms(self, attempts: int) -> int:
-        """Delay before attempt ``attempts + 1``: capped exponential with equal jitter."""
-        base = min(self.policy.backoff_max_ms, self.policy.backoff_initial_ms * 2 ** max(0, attempts - 1))
-        return int(base / 2 + self.rng.random() * base / 2)
+        """Delay before attempt ``attempts + 1``: capped exponential with equal jitter (:mod:`fleetpulse.backoff`)."""
+        return int(backoff.delay_ms(attempts - 1, initial_ms=self.policy.backoff_initial_ms,
+                                    max_ms=self.policy.backoff_max_ms, rng=self.rng))
 
     def attempt(self, row: OutboxRow) -> None:
         self.report.received += 1

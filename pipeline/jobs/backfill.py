@@ -206,8 +206,11 @@ def _device_hours(p: beam.Pipeline, config: JobConfig) -> tuple[Any, beam.PColle
             | "DeviceHours" >> DeviceHoursFromTables()
         )
         return decoded, archived, hours
-    landing = ReadLanding(config.lake, since=config.landing_from_day)
-    decoded = p | "ReadLanding" >> landing | "DecodeBatches" >> DecodeBatches()
+    decoded = (
+        p
+        | "ReadLanding" >> ReadLanding(config.lake, since=config.landing_from_day)
+        | "DecodeBatches" >> DecodeBatches()
+    )
     rows = (
         decoded.main
         | "KeepPeriod" >> KeepPeriod(read_from, config.to_day)

@@ -112,14 +112,15 @@ class ProcessTelemetry(beam.PTransform):
     ) -> None:
         super().__init__(label)
         self.allowed_lateness_s = allowed_lateness_s
-        self.dedupe = dict(ttl_s=dedupe_ttl_s, max_pairs_per_device=dedupe_max_pairs_per_device)
+        self.dedupe_ttl_s, self.dedupe_max_pairs_per_device = dedupe_ttl_s, dedupe_max_pairs_per_device
 
     def expand(self, messages: beam.PCollection) -> dict[str, beam.PCollection]:
         decoded = messages | "DecodeBatches" >> DecodeBatches()
         records = (
             decoded.main
             | "EventTime" >> WithEventTime()
-            | "StatefulDedupe" >> StatefulDedupe(**self.dedupe)
+            | "StatefulDedupe" >> StatefulDedupe(
+                ttl_s=self.dedupe_ttl_s, max_pairs_per_device=self.dedupe_max_pairs_per_device)
         )
         policy: dict[str, Any] = dict(
             window_mode="event_time",

@@ -332,22 +332,18 @@ def device_hours_from_table(table: pa.Table) -> list[DeviceHour]:
     """DEVICE_HOUR_SCHEMA rows → DeviceHour objects (maps in key order, spans by boot)."""
     columns = [table[name].to_pylist() for name in DEVICE_HOUR_SCHEMA.names]
     hours = []
-    for (*head, usage, features, error_fw, fw, last_ts_ms, spans) in zip(*columns, strict=True):
-        hours.append(
-            DeviceHour(
-                *head,
-                usage=dict(usage),
-                features=dict(features),
-                error_fw=dict(error_fw),
-                fw=fw,
-                last_ts_ms=last_ts_ms,
-                seq_spans={s["boot"]: (s["min_seq"], s["max_seq"], s["records"]) for s in spans},
-            )
-        )
+    names = DEVICE_HOUR_SCHEMA.names
+    for row in zip(*columns, strict=True):
+        values = dict(zip(names, row, strict=True))
+        values["usage"] = dict(values["usage"])
+        values["features"] = dict(values["features"])
+        values["error_fw"] = dict(values["error_fw"])
+        values["seq_spans"] = {s["boot"]: (s["min_seq"], s["max_seq"], s["records"]) for s in values["seq_spans"]}
+        hours.append(DeviceHour(**values))
     return hours
 
 
-# The positional fields above follow the dataclass; a new DeviceHour field must be added to both.
+# The table's columns are the dataclass's fields, in order: a new DeviceHour field goes in both.
 assert DEVICE_HOUR_SCHEMA.names == [f.name for f in dataclasses.fields(DeviceHour)]
 
 

@@ -36,11 +36,13 @@ from apache_beam.transforms.window import FixedWindows, TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from fleetpulse.pipeline.model import CustomerDay, DeviceHour, quantity_key
+from fleetpulse.schemas import load_contract
 
 HOUR_S = 3600
 DAY_S = 86400
-#: severities that count as errors in health (info and warning do not)
-ERROR_SEVERITIES = frozenset({"error", "critical"})
+#: severities that count as errors in health: the contract's, from "error" up (info and warning do not)
+_SEVERITIES = load_contract().severities
+ERROR_SEVERITIES = frozenset(_SEVERITIES[_SEVERITIES.index("error"):])
 
 
 def event_timestamp(ts_ms: int) -> Timestamp:

@@ -21,15 +21,14 @@ page cache does; the next commit makes it durable).
 
 Every index between the first unreleased record and the commit point is
 either delivered by :meth:`Spool.read` or counted in
-``dropped["spool_corrupt"]``, once, when the reader passes it. The frame
-index makes that exact whatever the damage: zeroed, truncated, bit-flipped,
-deleted or swapped segments, frames duplicated or out of place (skipped,
-their bytes in ``corrupt_bytes``), several segments at once. The names
-partition the indices: a segment named *F* holds records from *F* up to the
-next segment's name, and a frame outside that range is out of place, so a
-name also bounds what the segments around it lost. Indices past the durable
-commit point are never counted. (What recovery at :meth:`Spool.open` keeps,
-cuts and seals: :mod:`.recovery`.)
+``dropped["spool_corrupt"]``, once, when the reader passes it, whatever the
+damage (zeroed, truncated, bit-flipped, deleted or swapped segments, frames
+duplicated or out of place, skipped with their bytes in ``corrupt_bytes``):
+the frame index makes that exact, and the names partition the indices (a
+segment named *F* holds records from *F* up to the next segment's name, so a
+name also bounds what the segments around it lost). Indices past the durable
+commit point are never counted. What :meth:`Spool.open` keeps, cuts and
+seals after a crash: :mod:`.recovery`.
 
 Segments are deleted only once the cursor and a second copy of the released
 position, the *watermark* in the lock file, are both durable past them (two
@@ -83,9 +82,8 @@ log = logging.getLogger(__name__)
 ON_FULL_POLICIES = ("drop_oldest", "reject_new")
 #: Appended frames are written in one go at commit, or once this many bytes wait.
 _WRITE_BUFFER_BYTES = 1 << 20
-#: Records appended recently stay in memory too, up to this many payload bytes,
-#: so a reader that keeps up never reads back from the file what it just wrote.
-_TAIL_BYTES = 8 << 20
+#: Payload bytes of the records appended lately that stay in memory for the reader.
+_RECENT_BYTES = 8 << 20
 #: The smallest quota: eight minimal segments.
 MIN_QUOTA_BYTES = 8 * MIN_SEGMENT_BYTES
 
@@ -142,7 +140,7 @@ class Spool:
         self._misplaced_logged: set[int] = set()  # segments with frames out of place (logged once each)
         self._write_buffer: list[bytes] = []
         self._write_buffered = 0
-        self._recent = RecentRecords(_TAIL_BYTES)
+        self._recent = RecentRecords(_RECENT_BYTES)
         self._opened = False
 
     # ---------------------------------------------------------------- lifecycle
@@ -188,9 +186,7 @@ class Spool:
     def _close_files(self) -> None:
         self._write_buffer.clear()
         self._write_buffered = 0
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        self._close_reader()
         for fd in (self._write_fd, self._cursor_fd, self._lock_fd):
             if fd is not None:
                 os.close(fd)  # closing the lock fd releases the flock
@@ -306,15 +302,11 @@ class Spool:
         if self.fsync:
             os.fsync(self._write_fd)  # a sealed segment is complete on disk
         os.close(self._write_fd)
-        segment = self._new_segment_file(self._next_index)
+        segment = create_segment(self.directory, self._next_index, self._quarantine)
+        self._dir_dirty = True  # (fsynced at the next commit, before the commit point names it)
         self._segments.append(segment)
         self._write_fd = os.open(segment.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
         self._written_end = 0
-
-    def _new_segment_file(self, first: int) -> Segment:
-        segment = create_segment(self.directory, first, self._quarantine)
-        self._dir_dirty = True
-        return segment
 
     def _drop_oldest_segment(self) -> None:
         head = self._segments.pop(0)
@@ -327,9 +319,7 @@ class Spool:
             self._drop("spool_quota", lost)
         log.warning("spool over quota (%d bytes): dropped the oldest segment %s, %d records never sent",
                     self.quota_bytes, head.path.name, lost)
-        if self._reader is not None and self._reader.segment is head:
-            self._reader.close()
-            self._reader = None
+        self._close_reader(head)
         start = Position(nxt.first, nxt.first, 0)
         if self._read_at < start:
             self._move(start)
@@ -474,9 +464,7 @@ class Spool:
         """A segment that cannot be read (deleted, replaced, an I/O error): count its records, go on."""
         log.error("spool segment %s cannot be read (%s): its unread records are counted as lost",
                   segment.path.name, exc)
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        self._close_reader()
         nxt = self._segment_after(segment)
         if segment is self._segments[-1] or segment.first >= self._committed.segment or nxt is None:
             self._lose(self._committed.index)
@@ -514,10 +502,14 @@ class Spool:
 
     def rewind(self) -> None:
         """Read again from the first unreleased record (after the upstream session was lost)."""
-        if self._reader is not None:
+        self._close_reader()
+        self._read_at = self._released
+
+    def _close_reader(self, segment: Segment | None = None) -> None:
+        """Close the segment reader (only if it reads ``segment``, when given)."""
+        if self._reader is not None and (segment is None or self._reader.segment is segment):
             self._reader.close()
             self._reader = None
-        self._read_at = self._released
 
     def _segment_after(self, segment: Segment) -> Segment | None:
         return next((s for s in self._segments if s.first > segment.first), None)
@@ -531,9 +523,7 @@ class Spool:
         reader = self._reader
         if reader is not None and reader.segment is segment and reader.offset == offset:
             return reader
-        if reader is not None:
-            reader.close()
-            self._reader = None
+        self._close_reader()
         self._reader = SegmentReader(segment, offset)
         nxt = self._segment_after(segment)
         self._reader.bound = None if nxt is None else nxt.first
@@ -548,9 +538,7 @@ class Spool:
         gone = []
         while len(self._segments) > 1 and self._segments[1].first <= upto.index:
             head = self._segments.pop(0)
-            if self._reader is not None and self._reader.segment is head:
-                self._reader.close()
-                self._reader = None
+            self._close_reader(head)
             if self._released.segment <= head.first:  # released up to its very end
                 self._released = Position(self._released.index, self._segments[0].first, 0)
             gone.append(head)

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from hypothesis import strategies as st
 
+from fleetpulse.mqtt_client import ClientOptions, new_client
 from fleetpulse.pipeline.lake.landing import LandingWriter, iter_landing_rows
 from fleetpulse.pipeline.lake.schema import lake_schema
 from fleetpulse.pipeline.lake.storage import parquet_bytes, table_from_ipc, table_to_ipc
@@ -418,8 +419,8 @@ class Reader:
     def __init__(self) -> None:
         self.clients: list[mqtt.Client] = []
 
-        def factory(*args: Any, **kwargs: Any) -> mqtt.Client:
-            self.clients.append(mqtt.Client(*args, **kwargs))
+        def factory(options: ClientOptions) -> mqtt.Client:
+            self.clients.append(new_client(options))
             return self.clients[-1]
 
         self.session = ReaderSession(MqttSourceConfig(), 0, client_factory=factory, clock_ms=lambda: RECEIVED)

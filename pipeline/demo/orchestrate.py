@@ -44,13 +44,13 @@ from fleetpulse.pipeline.jobs.metrics import counters
 from fleetpulse.pipeline.lake.lander import Lander, LanderConfig
 from fleetpulse.pipeline.model import Alert, DailySignal
 from fleetpulse.pipeline.outputs import tables as outputs
+from fleetpulse.pipeline.outputs.influx import InfluxConfig
 from fleetpulse.pipeline.playbooks.channels import Channel, FileChannel
 from fleetpulse.pipeline.playbooks.config import ChannelConfig, PlaybookSet, load_playbooks
 from fleetpulse.pipeline.playbooks.engine import PlaybookRun, run_playbooks
 from fleetpulse.pipeline.playbooks.ledger import EpisodeRow, Ledger, OutboxRow
 from fleetpulse.pipeline.report.html import render_html
 from fleetpulse.pipeline.report.text import render_portfolio
-from fleetpulse.pipeline.outputs.influx import InfluxConfig
 from fleetpulse.schemas.accounts import load_accounts
 
 from .broker import InProcessBroker, MosquittoBroker, mosquitto_binary
@@ -105,26 +105,17 @@ def prepare_ingest_session(host: str, port: int, client_id: str, protocol: str, 
     takes seconds to start, so its session is made first (as a deployment does
     once), and the job resumes it.
     """
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
+    from fleetpulse import mqtt_client
     from fleetpulse.pipeline.sources.mqtt import MqttSourceConfig
 
     subscribed = threading.Event()
-    if protocol == "3.1.1":
-        source = MqttSourceConfig(protocol="3.1.1", share_group=None)
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=mqtt.MQTTv311, clean_session=False)
-        client.on_subscribe = lambda *args: subscribed.set()
-        client.connect(host, port)
-    else:
-        source = MqttSourceConfig()
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        client.on_subscribe = lambda *args: subscribed.set()
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = source.session_expiry_s
-        client.connect(host, port, clean_start=False, properties=props)
+    source = (MqttSourceConfig(protocol="3.1.1", share_group=None) if protocol == "3.1.1"
+              else MqttSourceConfig())
+    options = mqtt_client.ClientOptions(client_id, protocol=protocol, persistent=True)
+    client = mqtt_client.build(options)
+    client.on_subscribe = lambda *args: subscribed.set()
+    client.connect(host, port, **mqtt_client.connect_kwargs(options, keepalive_s=60,
+                                                            session_expiry_s=source.session_expiry_s))
     client.loop_start()
     try:
         client.subscribe([(sub, 1) for sub in source.subscriptions])

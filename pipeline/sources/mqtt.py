@@ -62,7 +62,6 @@ from dataclasses import replace
 from typing import Any
 
 import apache_beam as beam
-import paho.mqtt.client as mqtt
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.metrics import Metrics
@@ -70,6 +69,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
+from fleetpulse.mqtt_client import ClientOptions, new_client
 from fleetpulse.schemas import load_contract
 
 from .mqtt_config import MqttSourceConfig, broker_password
@@ -150,7 +150,7 @@ class _ReadMqttFn(beam.DoFn):
         self,
         config: MqttSourceConfig,
         event_time_fn: EventTimeFn,
-        client_factory: Callable[..., Any],
+        client_factory: Callable[[ClientOptions], Any],
     ) -> None:
         self._config = config
         self._event_time_fn = event_time_fn
@@ -282,7 +282,8 @@ class ReadFromMqtt(beam.PTransform):
 
     ``event_time_fn(topic, payload, received_ms) -> epoch ms`` stamps each
     message (default :func:`earliest_event_ms`); ``client_factory`` builds the
-    paho client (tests inject a wrapper; default ``paho.mqtt.client.Client``).
+    paho client from its :class:`~fleetpulse.mqtt_client.ClientOptions` (tests inject a wrapper;
+    default :func:`fleetpulse.mqtt_client.new_client`).
     """
 
     def __init__(
@@ -290,7 +291,7 @@ class ReadFromMqtt(beam.PTransform):
         config: MqttSourceConfig | None = None,
         *,
         event_time_fn: EventTimeFn = earliest_event_ms,
-        client_factory: Callable[..., Any] = mqtt.Client,
+        client_factory: Callable[[ClientOptions], Any] = new_client,
         label: str | None = None,
         **settings: Any,
     ) -> None:

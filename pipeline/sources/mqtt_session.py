@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from fleetpulse import mqtt_tls
+from fleetpulse import mqtt_client, mqtt_tls
+from fleetpulse.clock import wall_clock_ms
 from fleetpulse.errors import TransientError
 from fleetpulse.pipeline.lake.landing import message_topic
 
@@ -52,8 +51,8 @@ class ReaderSession:
         config: MqttSourceConfig,
         reader: int,
         *,
-        client_factory: Callable[..., Any] = mqtt.Client,
-        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        client_factory: Callable[[mqtt_client.ClientOptions], Any] = mqtt_client.new_client,
+        clock_ms: Callable[[], int] = wall_clock_ms,
         password: str | None = None,
     ) -> None:
         """``password``: the resolved broker password (default: :func:`broker_password`)."""
@@ -73,29 +72,16 @@ class ReaderSession:
         self.counters: dict[str, int] = dict.fromkeys(
             ("received", "sent", "acked", "dropped", "errors", "reconnects", "unmatched"), 0
         )
-        if config.protocol == "3.1.1":
-            self._client = client_factory(
-                mqtt.CallbackAPIVersion.VERSION2,
-                client_id=self.client_id,
-                protocol=mqtt.MQTTv311,
-                clean_session=False,  # the 3.1.1 persistent session
-                manual_ack=True,
-            )
-        else:
-            self._client = client_factory(
-                mqtt.CallbackAPIVersion.VERSION2,
-                client_id=self.client_id,
-                protocol=mqtt.MQTTv5,
-                manual_ack=True,
-            )
-        if config.tls:
-            self._client.tls_set_context(mqtt_tls.client_context(config.ca_file, TLS_SETTINGS))
-        if config.username:
+        self._options = mqtt_client.ClientOptions(
+            self.client_id, protocol=config.protocol, persistent=True, manual_ack=True)
+        self._client = client_factory(self._options)
+        mqtt_client.configure(
+            self._client,
+            tls=mqtt_client.Tls(TLS_SETTINGS, ca_file=config.ca_file) if config.tls else None,
             # "{reader}" in it: one user per reader, as a broker binding client ids to users needs.
-            self._client.username_pw_set(
-                config.username.replace("{reader}", str(reader)),
-                password if password is not None else broker_password(config),
-            )
+            username=config.username.replace("{reader}", str(reader)) if config.username else None,
+            password=(password if password is not None else broker_password(config)) if config.username else None,
+        )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -103,12 +89,9 @@ class ReaderSession:
     # ------------------------------------------------------------ lifecycle
     def start(self) -> ReaderSession:
         cfg = self.config
-        kwargs: dict[str, Any] = {"keepalive": cfg.keepalive_s}
-        if cfg.protocol != "3.1.1":
-            properties = Properties(PacketTypes.CONNECT)
-            properties.SessionExpiryInterval = cfg.session_expiry_s
-            properties.ReceiveMaximum = cfg.receive_maximum
-            kwargs.update(clean_start=False, properties=properties)
+        kwargs = mqtt_client.connect_kwargs(self._options, keepalive_s=cfg.keepalive_s,
+                                            session_expiry_s=cfg.session_expiry_s,
+                                            receive_maximum=cfg.receive_maximum)
         try:
             # TransientError when unreachable; TlsRefused (terminal) when the certificate fails.
             mqtt_tls.connect(self._client, cfg.host, cfg.port, TLS_SETTINGS if cfg.tls else None, **kwargs)

@@ -5,7 +5,7 @@ them into batches of ``batch_size`` lines and sends each through the
 transport its config asks for (:func:`~.transport.make_transport`).
 
 Retries: a ``transient`` failure (connection, timeout, 408/429/5xx) is
-retried with capped, jittered exponential backoff (:func:`backoff_s`)
+retried with capped, jittered exponential backoff (:func:`fleetpulse.backoff.delay_ms`)
 that honours ``Retry-After``, for at most ``max_retry_s``; then
 :class:`~.results.InfluxUnavailable` (a ``TransientError``) names the URL. A
 ``terminal`` one (401/403/404, redirects, other 4xx) raises
@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from fleetpulse import backoff
 from fleetpulse.schemas.influx import InfluxDesign, load_influx_design
 
 from .config import InfluxConfig
@@ -318,9 +319,8 @@ class InfluxSink:
                         status=failure.status,
                         error_type=failure.error_type,
                     ) from None
-                delay = backoff_s(
-                    attempt, self.config.backoff_initial_ms, self.config.backoff_max_ms, self._rng
-                )
+                delay = backoff.delay_ms(attempt, initial_ms=self.config.backoff_initial_ms,
+                                         max_ms=self.config.backoff_max_ms, rng=self._rng) / 1000
                 if failure.retry_after_s is not None:
                     delay = failure.retry_after_s
                 elapsed = self._clock() - started
@@ -362,14 +362,6 @@ class InfluxSink:
         by_reason = self.counters.dropped_by_reason
         by_reason[reason] = by_reason.get(reason, 0) + count
 
-
-def backoff_s(attempt: int, initial_ms: int, max_ms: int, rng: random.Random) -> float:
-    """Capped exponential backoff with equal jitter: between half and all of the cap.
-
-    The wait before retry ``attempt + 1`` (``attempt`` counts from 0), in seconds.
-    """
-    cap_ms = min(max_ms, initial_ms * 2 ** min(attempt, 30))
-    return (cap_ms / 2 + rng.uniform(0, cap_ms / 2)) / 1000
 
 
 def open_sink(config: InfluxConfig, **kwargs: Any) -> InfluxSink:

@@ -69,6 +69,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
+from fleetpulse.clock import wall_clock_ms
 from fleetpulse.mqtt_client import ClientOptions, new_client
 from fleetpulse.schemas import load_contract
 
@@ -200,7 +201,7 @@ class _ReadMqttFn(beam.DoFn):
         elif cfg.idle_watermark == "wall_clock":
             idle_ms = session.idle_ms()
             if idle_ms is not None and idle_ms >= cfg.idle_watermark_ms:
-                candidate = time.time_ns() // 1_000_000
+                candidate = wall_clock_ms()
         oldest = session.oldest_outstanding_ms()
         if oldest is not None:
             # A message not yet acknowledged may come again after a failure:

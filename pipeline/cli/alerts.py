@@ -54,7 +54,7 @@ def _cut(text: str, width: int) -> str:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from fleetpulse.pipeline.playbooks.delivery import wall_clock_ms
+    from fleetpulse.clock import wall_clock_ms
     from fleetpulse.pipeline.playbooks.ledger import FAILED, SENT, Ledger, OutboxRow
 
     folder = _state(args.state)

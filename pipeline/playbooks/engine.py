@@ -22,13 +22,14 @@ from datetime import date
 from pathlib import Path
 from string import Template
 
+from fleetpulse.clock import wall_clock_ms
 from fleetpulse.errors import ConfigError
 from fleetpulse.pipeline.model import DailySignal
 from fleetpulse.schemas.accounts import EMAIL, Account
 
 from .channels import Channel, open_channels
 from .config import Action, Playbook, PlaybookSet, load_playbooks
-from .delivery import DeliveryReport, OutboxWorker, wall_clock_ms
+from .delivery import DeliveryReport, OutboxWorker
 from .episodes import (
     NOTIFY,
     OPENED,

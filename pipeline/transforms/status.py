@@ -35,26 +35,17 @@ from apache_beam.transforms.window import TimestampedValue
 from fleetpulse.errors import quote
 from fleetpulse.pipeline.lake.landing import zone_of
 from fleetpulse.schemas import Rejection, dead_letter, load_contract
+from fleetpulse.schemas.status import COUNTERS, STATES
 
 from .rollups import WindowByEventTime, _EventTimeRollup
 
 DEAD_LETTERS = "dead_letters"
 METRICS_NAMESPACE = "fleetpulse.pipeline.status"
 IDS = ("customer_id", "site_id", "gateway_id")
-#: The collector's plain counts carried into the row (and into fp_gateway_status).
-COUNTERS = (
-    "received_records",
-    "sent_records",
-    "sent_batches",
-    "dead_letters",
-    "dead_letters_dropped",
-    "spool_quarantined_files",
-    "errors",
-    "reconnects",
-)
-#: Every counter column of a row: COUNTERS and dropped_records (its reasons summed).
+#: Every counter column of a row (and of fp_gateway_status): the collector's plain counts
+#: (``COUNTERS``, the status message's vocabulary in fleetpulse.schemas.status) and
+#: dropped_records (its reasons summed).
 COUNTER_FIELDS = (*COUNTERS, "dropped_records")
-STATES = ("online", "offline")
 MINUTE_MS = 60_000
 
 

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from fleetpulse.devices.collector.batching import encode_record
-from fleetpulse.devices.collector.spool import Spool, _Segment
+from fleetpulse.devices.collector.spool import Segment, Spool
 
 from .bench_gateway import device_record
 from .harness import Comparison, Measurement
@@ -57,7 +57,7 @@ class CommitBefore(Spool):
                 os.fsync(self._cursor_fd)
             self._cursor_dirty = False
 
-    def _release_files(self, gone: list[_Segment]) -> None:
+    def _release_files(self, gone: list[Segment]) -> None:
         self._write_cursor()
         for segment in gone:
             self._unlink(segment)

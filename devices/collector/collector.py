@@ -51,7 +51,7 @@ from fleetpulse.schemas import Validator, load_contract
 from .batching import Envelope
 from .config import CollectorConfig
 from .connection import BrokerRefused, BrokerUnreachable, ClientSpec, paho_client
-from .counters import COUNTER_NAMES, GAUGE_NAMES, Counters
+from .counters import Counters
 from .deadletters import DeadLetterFiles
 from .events import Outstanding, Stop, Wake
 from .intake import INTERNAL_ERROR, Intake
@@ -60,8 +60,6 @@ from .uplink import Uplink
 from .worker import Worker
 
 __all__ = [
-    "COUNTER_NAMES",
-    "GAUGE_NAMES",
     "INTERNAL_ERROR",
     "Backoff",
     "BrokerRefused",

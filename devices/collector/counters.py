@@ -18,16 +18,13 @@ from typing import Any
 
 from fleetpulse.schemas.status import DROPPED_RECORDS, GATEWAY_COUNTERS, GATEWAY_GAUGES
 
-COUNTER_NAMES = GATEWAY_COUNTERS
-GAUGE_NAMES = GATEWAY_GAUGES
-
 
 class Counters:
     """Thread-safe counters with the shared FleetPulse names."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values = dict.fromkeys(COUNTER_NAMES + GAUGE_NAMES, 0)
+        self._values = dict.fromkeys(GATEWAY_COUNTERS + GATEWAY_GAUGES, 0)
         self._dropped: dict[str, int] = {}
 
     def add(self, name: str, n: int = 1) -> None:

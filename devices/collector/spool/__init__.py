@@ -42,9 +42,6 @@ from .segments import (
     encode_frame,
 )
 
-#: The old private name, for code that subclasses the Spool (bench/bench_spool_commit.py).
-_Segment = Segment
-
 __all__ = [
     "FRAME_OVERHEAD",
     "MAX_INDEX",

@@ -29,8 +29,8 @@ from fleetpulse.pipeline.jobs.backfill import run as run_backfill
 from fleetpulse.pipeline.jobs.metrics import counters
 from fleetpulse.pipeline.lake.lander import Lander, LanderConfig
 from fleetpulse.pipeline.outputs import tables as outputs
-from fleetpulse.pipeline.outputs.points import day_start_s
 from fleetpulse.pipeline.outputs.influx import InfluxConfig
+from fleetpulse.pipeline.outputs.points import day_start_s
 from fleetpulse.schemas.accounts import load_accounts
 
 from .servers import wait_until

@@ -19,8 +19,8 @@ from fleetpulse.pipeline.jobs.backfill import JobConfig
 from fleetpulse.pipeline.jobs.backfill import run as run_backfill
 from fleetpulse.pipeline.lake.landing import LandingWriter
 from fleetpulse.pipeline.outputs import tables as outputs
-from fleetpulse.pipeline.outputs.points import day_start_s
 from fleetpulse.pipeline.outputs.influx import InfluxConfig
+from fleetpulse.pipeline.outputs.points import day_start_s
 from fleetpulse.schemas import load_contract
 from fleetpulse.schemas.accounts import load_accounts
 

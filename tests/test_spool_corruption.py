@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from fleetpulse.devices.collector.spool import segments as spool_module  # where segment files are opened
 from fleetpulse.devices.collector.spool import Spool, encode_frame
+from fleetpulse.devices.collector.spool import (
+    segments as spool_module,  # where segment files are opened
+)
 
 from .test_collector_spool import crash, drain, record
 

@@ -98,9 +98,24 @@ def parquet_bytes(table: pa.Table, compression: str = "zstd") -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
+def compacted(table: pa.Table) -> pa.Table:
+    """``table`` with arrays that hold only its own rows: a slice is copied out of its parent.
+
+    Arrow's IPC writer truncates a sliced array's buffers, but not the child
+    arrays of a list column whose slice starts at a null list: a one-row
+    slice of a 50,000-record table then carried the whole ``quantities``
+    struct array (hundreds of KB; a landing file split into its event hours
+    became 100× its size in shuffled bytes). ``take`` copies just the rows.
+    """
+    if not any(chunk.offset for column in table.columns for chunk in column.chunks):
+        return table
+    return table.take(pa.array(range(table.num_rows), type=pa.int64()))
+
+
 def table_to_ipc(table: pa.Table) -> bytes:
-    """``table`` as an Arrow IPC stream, LZ4-compressed (of a slice, only its rows)."""
+    """``table`` as an Arrow IPC stream, LZ4-compressed (of a slice, only its rows: :func:`compacted`)."""
     sink = pa.BufferOutputStream()
+    table = compacted(table)
     with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
         writer.write_table(table)
     return bytes(sink.getvalue().to_pybytes())

@@ -91,6 +91,16 @@ class Contract:
         return self.topics[name]["subscribe"]
 
     @property
+    def quantity_fields(self) -> tuple[FieldSpec, ...]:
+        """The fields of one quantity of a usage record, as the ``quantities`` field's doc defines
+        them: name an identifier, value a finite number >= 0, unit one of ``units``."""
+        return (
+            FieldSpec("name", "identifier", True, "What was measured (e.g. runtime)."),
+            FieldSpec("value", "number", True, "How much, finite and not negative.", min=0),
+            FieldSpec("unit", "enum", True, "One of the contract's units.", values=tuple(sorted(self.units))),
+        )
+
+    @property
     def body_fields(self) -> tuple[FieldSpec, ...]:
         """Every kind's body fields, each name once, in definition order."""
         seen: dict[str, FieldSpec] = {}

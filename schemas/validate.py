@@ -7,6 +7,14 @@ Standard library only.
 
 Every rejection carries a ``reason`` from the bounded set :data:`REASONS` (for
 counters and dashboards) and a ``detail`` that quotes the offending value.
+
+The record-level rules are not written here: :class:`Validator` applies the
+contract's rule table (:mod:`.rules`), which the pipeline's columnar decoder
+applies too. Each field's checks are compiled once into one Python expression
+(a sufficient test, as fast as hand-written code); a value that fails it is
+checked exactly, check by check, to find the first one it breaks. What stays
+here is the payload level: size, gzip, UTF-8, JSON and its nesting bound,
+device and batch messages, dead-letter rows.
 """
 
 from __future__ import annotations
@@ -14,13 +22,19 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
+import sys
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from fleetpulse.errors import RejectedInput, quote
 
-from .contract import Contract, FieldSpec, load_contract
+from .contract import Contract, load_contract
+from .rules import INT64_MAX as INT64_MAX  # re-exported: the lake's int64 bounds
+from .rules import INT64_MIN as INT64_MIN
+from .rules import Check, FieldRule, ItemRule, Rules, record_rules
 
 REASONS = (
     "payload_too_large",
@@ -45,9 +59,6 @@ REASONS = (
     "device_mismatch",
     "bad_compression",
 )
-
-#: Integers without a bound in the contract must still fit the lake's int64 columns.
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _utf8_ok(text: str) -> bool:
@@ -128,8 +139,201 @@ class Rejection:
     record: Any = None  # the offending record as decoded, if it decoded at all
 
 
+class _Namespace:
+    """The globals of a compiled check: the table's constants, each bound to a name once.
+
+    A plain dict (``globals``): the interpreter caches global look-ups only in an exact dict.
+    """
+
+    def __init__(self, **names: Any) -> None:
+        self.globals: dict[str, Any] = dict(names)
+
+    def bind(self, value: Any) -> str:
+        name = f"_k{len(self.globals)}"
+        self.globals[name] = value
+        return name
+
+
+#: A sufficient test for each JSON type, over the value's expression ``{v}`` (bool is no int).
+_FAST_TYPES = {
+    "string": "type({v}) is str",
+    "integer": "type({v}) is int",
+    "number": "(type({v}) is float or type({v}) is int)",
+    "array": "type({v}) is list",
+    "object": "type({v}) is dict",
+}
+_FLOAT_MAX = sys.float_info.max
+
+
+def _fast(check: Check, v: str, ns: _Namespace) -> str:
+    """Python source true only where ``check`` passes for the value ``v`` (an expression).
+
+    Sufficient, not exact: where it is false, :func:`_passes` decides (and the
+    detail is written). It may assume the checks before it in its field passed.
+    """
+    op, arg = check.op, check.arg
+    if op == "type":
+        return _FAST_TYPES[arg].format(v=v)
+    if op == "one_of":
+        return f"(type({v}) is str and {v} in {ns.bind(frozenset(arg))})"
+    if op == "chars_at_most":
+        return f"len({v}) <= {ns.bind(arg)}"
+    if op == "utf8":
+        return f"({v}.isascii() or _utf8_ok({v}))"
+    if op == "pattern":
+        return f"{ns.bind(re.compile(arg).fullmatch)}({v})"
+    if op in ("between", "items_between"):
+        x = v if op == "between" else f"len({v})"
+        low, high = (None if bound is None else ns.bind(bound) for bound in arg)
+        if low is not None and high is not None:
+            return f"{low} <= {x} <= {high}"
+        return f"{low} <= {x}" if low is not None else "True" if high is None else f"{x} <= {high}"
+    if op == "finite":  # a float within range is finite; an int beyond it is not a float (10**400)
+        return f"{ns.bind(-_FLOAT_MAX)} <= {v} <= {ns.bind(_FLOAT_MAX)}"
+    if op == "equals":
+        return f"(type({v}) is {ns.bind(type(arg))} and {v} == {ns.bind(arg)})"
+    if op == "not_after":
+        return f"(now is None or {v} <= now + {ns.bind(arg)})"
+    raise ValueError(f"check of {check.field}: the Validator has no {op!r} operation")
+
+
+#: The Python types of each JSON type, as json.loads gives them (a bool is none of them).
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "integer": (int,), "number": (int, float), "array": (list,), "object": (dict,),
+}
+
+
+def _passes(check: Check, value: Any, now_ms: int | None) -> bool:
+    """Whether ``value`` passes ``check`` (given that it passed the checks before it), exactly."""
+    op, arg = check.op, check.arg
+    if op == "type":
+        return isinstance(value, _JSON_TYPES[arg]) and not isinstance(value, bool)
+    if op == "one_of":
+        return type(value) is str and value in arg
+    if op == "chars_at_most":
+        return len(value) <= arg
+    if op == "utf8":
+        return _utf8_ok(value)
+    if op == "pattern":
+        return re.fullmatch(arg, value) is not None
+    if op in ("between", "items_between"):
+        x = value if op == "between" else len(value)
+        low, high = arg
+        return (low is None or low <= x) and (high is None or x <= high)
+    if op == "finite":
+        try:
+            return math.isfinite(float(value))
+        except OverflowError:  # an integer too large for a float (e.g. 10**400)
+            return False
+    if op == "equals":
+        return type(value) is type(arg) and bool(value == arg)
+    if op == "not_after":
+        return now_ms is None or value <= now_ms + arg
+    raise ValueError(f"check of {check.field}: the Validator has no {op!r} operation")
+
+
+def _exact(rule: FieldRule, value: Any, item: dict[str, Any] | None = None) -> Any:
+    """``value`` as kept when it passes every check of ``rule``; else the first check it breaks, raised."""
+    for check in rule.checks:
+        if not _passes(check, value, None):
+            raise InvalidTelemetry(check.reason, check.describe(value, item=item))
+    if rule.items is not None:
+        return [_exact_item(rule.items, one) for one in value]
+    return float(value) if rule.json_type == "number" else value
+
+
+def _exact_item(rule: ItemRule, value: Any) -> dict[str, Any]:
+    for check in rule.checks:
+        if not _passes(check, value, None):
+            raise InvalidTelemetry(check.reason, check.describe(value))
+    item: dict[str, Any] = {}
+    for item_field in rule.fields:  # an absent field is checked as null
+        item[item_field.key] = _exact(item_field, value.get(item_field.key), item)
+    return item
+
+
+def _compile(source: str, name: str, ns: _Namespace) -> Any:
+    # Generated once per contract field from the rule table: one call per value in the
+    # common case, as fast as the hand-written checks it replaces.
+    exec(compile(source, f"<rules: {name}>", "exec"), ns.globals)
+    return ns.globals[name]
+
+
+def _predicate(rule: FieldRule) -> Callable[[Any], bool]:
+    """A sufficient test of ``rule`` on a value (an array item's field)."""
+    if rule.items is not None:
+        raise ValueError(f"{rule.name}: arrays inside array items have no Validator")
+    ns = _Namespace(_utf8_ok=_utf8_ok)
+    condition = " and ".join(_fast(check, "v", ns) for check in rule.checks)
+    return cast(Callable[[Any], bool], _compile(f"def ok(v):\n    return {condition}\n", "ok", ns))
+
+
+def _field_checker(rule: FieldRule) -> Callable[[Any], Any]:
+    """A check of one field: returns the value as kept (a number as float, array items
+    normalised) or raises the InvalidTelemetry of the first check it breaks."""
+    ns = _Namespace(_utf8_ok=_utf8_ok, _slow=lambda value: _exact(rule, value))
+    condition = " and ".join(_fast(check, "v", ns) for check in rule.checks)
+    if rule.items is None:
+        kept = "float(v)" if rule.json_type == "number" else "v"
+        return cast(Callable[[Any], Any], _compile(
+            f"def check(v):\n    return {kept} if {condition} else _slow(v)\n", "check", ns))
+    fields = rule.items.fields
+    item_ok = " and ".join([
+        *(_fast(check, "q", ns) for check in rule.items.checks),
+        *(f"{ns.bind(_predicate(f))}(q.get({f.key!r}))" for f in fields),
+    ])
+    kept_item = ", ".join(
+        f"{f.key!r}: float(q[{f.key!r}])" if f.json_type == "number" else f"{f.key!r}: q[{f.key!r}]"
+        for f in fields
+    )
+    source = (
+        "def check(v):\n"
+        f"    if {condition}:\n"
+        "        out = []\n"
+        "        for q in v:\n"
+        f"            if not ({item_ok}):\n"
+        "                return _slow(v)\n"
+        f"            out.append({{{kept_item}}})\n"
+        "        return out\n"
+        "    return _slow(v)\n"
+    )
+    return cast(Callable[[Any], Any], _compile(source, "check", ns))
+
+
+def _across_checker(
+    checks: tuple[Check, ...],
+) -> tuple[Callable[[dict[str, Any], int | None], bool], Callable[[dict[str, Any], int | None], None]]:
+    """The checks across a record's validated fields: a fast test (true: every check passes), and
+    what to call when it is false, which raises the InvalidTelemetry of the first check broken."""
+    ns = _Namespace(_utf8_ok=_utf8_ok)
+    condition = " and ".join(_fast(check, f"r[{check.field!r}]", ns) for check in checks) or "True"
+    fast = _compile(f"def ok(r, now):\n    return {condition}\n", "ok", ns)
+
+    def refuse(record: dict[str, Any], now_ms: int | None) -> None:
+        for one in checks:
+            value = record[one.field]
+            if not _passes(one, value, now_ms):
+                raise InvalidTelemetry(one.reason, one.describe(value, now_ms=now_ms, record=record))
+
+    return cast(Callable[[dict[str, Any], int | None], bool], fast), refuse
+
+
+#: A field rule ready to apply: (key, required, kept, missing_field detail, check)
+_Field = tuple[str, bool, bool, str, Callable[[Any], Any]]
+
+
+def _ready(rule: FieldRule) -> _Field:
+    return (rule.key, rule.required, rule.keep, rule.missing or f"no {rule.name}", _field_checker(rule))
+
+
 class Validator:
     """Validates records and envelopes against one contract version.
+
+    The rules are the contract's table (:func:`~.rules.record_rules`), applied
+    in its order: a record's version and common fields, the checks across
+    them, then its kind's body; a batch's envelope fields. Each field's checks
+    are compiled once into one fast test, and only a value that fails it pays
+    for finding the first check it breaks and writing the detail.
 
     ``now_ms`` given to the methods bounds event time from above (device
     clocks drift; a record too far in the future is refused). The gateway
@@ -139,14 +343,13 @@ class Validator:
     def __init__(self, contract: Contract | None = None) -> None:
         self.contract = contract or load_contract(1)
         self._limits = self.contract.limits
-        # Field checks compiled once per contract field: the common case (a valid
-        # value) costs one closure call; errors fall back to _field for the message.
-        self._common = [(spec.name, self._checker(spec)) for spec in self.contract.common if spec.name != "v"]
-        self._kind_fields = {
-            kind: [(spec.name, spec.required, self._checker(spec)) for spec in specs]
-            for kind, specs in self.contract.kinds.items()
-        }
-        self._firmware_match = self.contract.firmware_re.fullmatch
+        self.rules: Rules = record_rules(self.contract)
+        self._record = [_ready(rule) for rule in self.rules.record]
+        self._across_ok, self._refuse_across = _across_checker(self.rules.across)
+        self._kinds = {kind: [_ready(rule) for rule in rules] for kind, rules in self.rules.kinds.items()}
+        self._discriminator = self.rules.discriminator
+        self._envelope = [_ready(rule) for rule in self.rules.envelope]
+        self._records_key = next(rule.key for rule in self.rules.envelope if rule.type == "records")
 
     def __getstate__(self) -> dict[str, Any]:
         return {"contract": self.contract}  # the compiled checks are rebuilt, not pickled
@@ -154,181 +357,28 @@ class Validator:
     def __setstate__(self, state: dict[str, Any]) -> None:
         type(self).__init__(self, state["contract"])
 
-    def _checker(self, spec: FieldSpec) -> Any:
-        """A fast check for one field: returns the value, or defers to :meth:`_field` to raise."""
-        slow = self._field
-        if spec.type == "identifier":
-            match = self.contract.identifier_re.fullmatch
-            longest = self._limits.identifier_max_length
-
-            def identifier(value: Any) -> Any:
-                if type(value) is str and len(value) <= longest and match(value):
-                    return value
-                return slow(spec, value)
-
-            return identifier
-        if spec.type == "int":
-            low = INT64_MIN if spec.min is None else spec.min
-            high = INT64_MAX if spec.max is None else spec.max
-
-            def integer(value: Any) -> Any:
-                if type(value) is int and low <= value <= high:
-                    return value
-                return slow(spec, value)
-
-            return integer
-        if spec.type == "string":
-            longest_string = self._limits.max_string_length
-
-            def string(value: Any) -> Any:
-                if type(value) is str and len(value) <= longest_string and (value.isascii() or _utf8_ok(value)):
-                    return value
-                return slow(spec, value)
-
-            return string
-        return lambda value: slow(spec, value)
-
-    # ---------------------------------------------------------------- fields
-    def _identifier(self, name: str, value: Any) -> str:
-        if not isinstance(value, str):
-            raise InvalidTelemetry("wrong_type", f"{name} must be a string, got {quote(value)}")
-        if len(value) > self._limits.identifier_max_length or not self.contract.identifier_re.fullmatch(
-            value
-        ):
-            raise InvalidTelemetry(
-                "bad_identifier",
-                f"{name}={quote(value)} must match {self._limits.identifier_pattern} "
-                f"and be at most {self._limits.identifier_max_length} characters",
-            )
-        return value
-
-    def _field(self, spec: FieldSpec, value: Any) -> Any:
-        kind = spec.type
-        if kind == "identifier":
-            return self._identifier(spec.name, value)
-        if kind == "int":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise InvalidTelemetry(
-                    "wrong_type", f"{spec.name} must be an integer, got {quote(value)}"
-                )
-            low = INT64_MIN if spec.min is None else spec.min
-            high = INT64_MAX if spec.max is None else spec.max
-            if not low <= value <= high:
-                raise InvalidTelemetry(
-                    "out_of_range",
-                    f"{spec.name}={value} is outside [{low}, {high}]",
-                )
-            return value
-        if kind == "enum":
-            if value not in spec.values:
-                raise InvalidTelemetry(
-                    "bad_enum", f"{spec.name}={quote(value)} is not one of {list(spec.values)}"
-                )
-            return value
-        if kind == "string":
-            if not isinstance(value, str):
-                raise InvalidTelemetry(
-                    "wrong_type", f"{spec.name} must be a string, got {quote(value)}"
-                )
-            if len(value) > self._limits.max_string_length:
-                raise InvalidTelemetry(
-                    "string_too_long",
-                    f"{spec.name} has {len(value)} characters, at most "
-                    f"{self._limits.max_string_length} allowed",
-                )
-            if not _utf8_ok(value):  # a lone surrogate from a JSON \ud800 escape
-                raise InvalidTelemetry("not_utf8", f"{spec.name} holds a lone surrogate")
-            return value
-        if kind == "quantities":
-            return self._quantities(value)
-        raise AssertionError(f"contract field type {kind!r} has no validator")
-
-    def _quantities(self, value: Any) -> list[dict[str, Any]]:
-        if not isinstance(value, list) or not value:
-            raise InvalidTelemetry(
-                "bad_quantity", f"quantities must be a non-empty list, got {quote(value)}"
-            )
-        if len(value) > self._limits.max_quantities_per_usage:
-            raise InvalidTelemetry(
-                "bad_quantity",
-                f"{len(value)} quantities, at most {self._limits.max_quantities_per_usage}",
-            )
-        out = []
-        for q in value:
-            if not isinstance(q, dict):
-                raise InvalidTelemetry("bad_quantity", f"quantity {quote(q)} is not an object")
-            name = self._identifier("quantities.name", q.get("name"))
-            number: Any = q.get("value")
-            as_float = math.nan
-            if isinstance(number, (int, float)):
-                try:
-                    as_float = float(number)
-                except OverflowError:  # an integer too large for a float (e.g. 10**400)
-                    pass
-            if isinstance(number, bool) or not math.isfinite(as_float) or as_float < 0:
-                raise InvalidTelemetry(
-                    "bad_quantity",
-                    f"quantity {name} value {quote(number)} must be a finite number >= 0",
-                )
-            unit = q.get("unit")
-            # type first: a list or an object as the unit is unhashable, and units is a set.
-            if type(unit) is not str or unit not in self.contract.units:
-                raise InvalidTelemetry(
-                    "bad_unit",
-                    f"quantity {name} unit {quote(unit)} is not one of {sorted(self.contract.units)}",
-                )
-            out.append({"name": name, "value": float(number), "unit": unit})
-        return out
-
-    def _version(self, value: Any, what: str) -> None:
-        # `type(...) is int`: JSON's true is Python's True, and True == 1.
-        if type(value) is not int:
-            raise InvalidTelemetry("wrong_type", f"{what} v must be an integer, got {quote(value)}")
-        if value != self.contract.version:
-            raise InvalidTelemetry(
-                "unsupported_version",
-                f"{what} v={value}, this validator speaks v{self.contract.version}",
-            )
-
     # --------------------------------------------------------------- records
     def record(self, obj: Any, *, now_ms: int | None = None) -> dict[str, Any]:
         """Return the normalized record (known fields only) or raise InvalidTelemetry."""
         if not isinstance(obj, dict):
             raise InvalidTelemetry("not_object", f"a record must be a JSON object, got {quote(obj)}")
-        if "v" in obj:  # optional in a record (absent means this version), required in a batch
-            self._version(obj["v"], "record")
         out: dict[str, Any] = {}
-        kinds = self.contract.kinds
-        for name, check in self._common:
-            if name not in obj:
-                raise InvalidTelemetry("missing_field", f"record has no {name}")
-            value = obj[name]
-            if name == "kind" and (type(value) is not str or value not in kinds):
-                raise InvalidTelemetry(
-                    "unknown_kind",
-                    f"kind={quote(value)} is not one of {sorted(kinds)}",
-                )
-            out[name] = check(value)
-        if out["seq"] > self._limits.max_seq or out["boot"] > self._limits.max_boot:
-            raise InvalidTelemetry("out_of_range", f"boot={out['boot']} seq={out['seq']} too large")
-        if not self._firmware_match(out["fw"]):
-            raise InvalidTelemetry(
-                "bad_firmware", f"fw={quote(out['fw'])} is not a dotted version like 2.4.1"
-            )
-        ts = out["ts_ms"]
-        if ts < self._limits.min_event_time_ms:
-            raise InvalidTelemetry("event_time_too_old", f"ts_ms={ts} is before 2000-01-01")
-        if now_ms is not None and ts > now_ms + self._limits.max_future_skew_ms:
-            raise InvalidTelemetry(
-                "event_time_in_future",
-                f"ts_ms={ts} is {(ts - now_ms) // 1000}s ahead of the receiver's clock",
-            )
-        kind = out["kind"]
-        for name, required, check in self._kind_fields[kind]:
-            if name in obj:
-                out[name] = check(obj[name])
+        for key, required, kept, missing, check in self._record:
+            if key in obj:
+                value = check(obj[key])
+                if kept:
+                    out[key] = value
             elif required:
-                raise InvalidTelemetry("missing_field", f"{kind} record has no {name}")
+                raise InvalidTelemetry("missing_field", missing)
+        if not self._across_ok(out, now_ms):
+            self._refuse_across(out, now_ms)
+        for key, required, kept, missing, check in self._kinds[out[self._discriminator]]:
+            if key in obj:
+                value = check(obj[key])
+                if kept:
+                    out[key] = value
+            elif required:
+                raise InvalidTelemetry("missing_field", missing)
         return out
 
     def records(
@@ -434,24 +484,15 @@ class Validator:
             obj = self._json(payload, gzip_allowed=True)
             if not isinstance(obj, dict):
                 raise InvalidTelemetry("not_object", "a batch must be a JSON object")
-            if "v" not in obj:
-                raise InvalidTelemetry("missing_field", "batch has no v")
-            self._version(obj["v"], "batch")
             header: dict[str, Any] = {}
-            for spec in self.contract.envelope:
-                if spec.name == "records":
-                    continue
-                if spec.name not in obj:
-                    raise InvalidTelemetry("missing_field", f"batch has no {spec.name}")
-                header[spec.name] = self._field(spec, obj[spec.name])
-            items = obj.get("records")
-            if not isinstance(items, list):
-                raise InvalidTelemetry("missing_field", "batch has no records list")
-            if len(items) > self._limits.max_records_per_message:
-                raise InvalidTelemetry(
-                    "too_many_records",
-                    f"{len(items)} records, at most {self._limits.max_records_per_message}",
-                )
+            for key, required, kept, missing, check in self._envelope:
+                if key in obj:
+                    value = check(obj[key])
+                    if kept:
+                        header[key] = value
+                elif required:
+                    raise InvalidTelemetry("missing_field", missing)
+            items = obj[self._records_key]
         except InvalidTelemetry as exc:
             return None, [], [Rejection(exc.reason, exc.detail)]
         valid, rejected = self.records(items, now_ms=now_ms)

@@ -30,6 +30,16 @@ accepts, with the same normalised values, and hands anything doubtful on:
 3. **Exactly**: ``Validator.record`` decides the record and gives its dead
    letter with the reason and detail.
 
+**The rules** are the Validator's own table (:attr:`Validator.rules
+<fleetpulse.schemas.Validator>`, from :mod:`fleetpulse.schemas.rules`): the
+envelope, every record field, each kind's body, the quantities' items and the
+checks across fields are checked by :meth:`ArrowDecoder._field_ok`, which
+applies each entry as an Arrow kernel (:meth:`ArrowDecoder._vector`, one per
+operation of the table). So a rule added or changed in the table reaches this
+path and the Validator at once, and a table with an operation this decoder
+has no kernel for is refused when it is built. A kernel may refuse more than
+the Validator (the record then goes to tier 3), never less.
+
 Rows the Validator accepts but the lake cannot store (an integer beyond int64,
 a string that is not valid Unicode) are dead letters here (``out_of_range`` /
 ``not_utf8``): the per-element path would pass them on and the raw archive
@@ -37,6 +47,11 @@ would then fail to write them.
 
 No Beam here (pyarrow, numpy and the standard library), so it can be tested
 and benchmarked on its own; :mod:`.columnar` wraps it in a DoFn.
+
+Longer than ~600 lines: the three tiers hand each other the same chunk state
+(messages, their parsed records, the partial tables) and read best together;
+the interpreter of the rule table (``_field_ok``, ``_vector``, ``_quantities``)
+is the part that would move out first, to a module of its own.
 """
 
 from __future__ import annotations
@@ -55,27 +70,37 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from fleetpulse.pipeline.lake.schema import ARROW_TYPES, QUANTITY, lake_schema
-from fleetpulse.schemas import Contract, FieldSpec, InvalidTelemetry, Rejection, Validator
+from fleetpulse.schemas import Contract, InvalidTelemetry, Rejection, Validator
 from fleetpulse.schemas import validate as _validate
+from fleetpulse.schemas.rules import Check, FieldRule
 from fleetpulse.schemas.validate import INT64_MAX, INT64_MIN, nesting_exceeds
 
 from .decode import TOPIC, Dead, LandingDecoder
 from .rows import lake_row
 
-#: What a list of values can hold when it is converted without a doubt (bool is not int here).
+#: What a list of values of a JSON type can hold when it is converted without a doubt (bool is not int).
 _PY_TYPES: dict[str, tuple[type, ...]] = {
-    "identifier": (str,),
     "string": (str,),
-    "enum": (str,),
-    "int": (int,),
-    "quantities": (list,),
+    "integer": (int,),
+    "number": (int, float),
+    "array": (list,),
+    "object": (dict,),
 }
+#: A quantity's fields as Arrow types (the lake's)
+_ITEM_TYPES: dict[str, pa.DataType] = {f.name: f.type for f in QUANTITY}
+#: What a refused (null) item field is filled with so a list<QUANTITY> stays well-formed
+_FILL: dict[pa.DataType, Any] = {pa.string(): "", pa.float64(): 0.0, pa.int64(): 0}
 _NONE = type(None)
 #: gzip: the Validator's magic, when it accepts gzip batches (see _plain_json)
 _GZIP_MAGIC: bytes = getattr(_validate, "GZIP_MAGIC", b"\x1f\x8b")
 _GZIP_ACCEPTED = hasattr(_validate, "GZIP_MAGIC")
 #: pyarrow.json block: larger than any payload the contract allows
 _JSON_BLOCK_BYTES = 1 << 22
+#: The operations of the rule table (schemas/rules.py OPS) that ArrowDecoder._vector applies.
+_COLUMN_OPS = frozenset(
+    {"type", "utf8", "one_of", "chars_at_most", "pattern", "between", "items_between", "finite", "equals",
+     "not_after"}
+)
 #: Conversions that mean "these values do not fit an Arrow array": retry smaller, then exactly.
 _CONVERSION_ERRORS = (TypeError, ValueError, OverflowError)
 
@@ -173,13 +198,15 @@ def _inflate(payload: bytes, limit: int) -> bytes | None:
     return out
 
 
-def _as_quantity_list(lists: pa.Array) -> pa.Array:
-    """A list of loosely typed quantity structs (as read from JSON) as list<QUANTITY>."""
+def _as_quantity_list(lists: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A list of loosely typed quantity structs (as read from JSON, or built by
+    :meth:`ArrowDecoder._quantities`) as list<QUANTITY>."""
+    lists = _array(lists)
     lengths = np.asarray(pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
     flat = pc.list_flatten(lists)
     offsets = np.concatenate(([0], np.cumsum(lengths)))
     mask = _to_numpy(pc.is_null(lists))
-    return _quantity_list(offsets, flat.field("name"), flat.field("value"), flat.field("unit"), mask)
+    return _quantity_list(offsets, [flat.field(f.name) for f in QUANTITY], mask)
 
 
 def _matches(array: pa.Array, pattern: str) -> pa.Array:
@@ -211,13 +238,16 @@ class ArrowDecoder:
         self.schema = lake_schema(self.contract.version)
         self._envelopes = _EnvelopeOnly(self.contract)
         self._stamps: tuple[str, ...] = tuple(self.contract.lake["stamp_fields"])
-        self._common = tuple(spec for spec in self.contract.common if spec.name not in ("v", "kind"))
-        limits = self.contract.limits
-        self._limits = limits
-        self._kind_values = pa.array(sorted(self.contract.kinds), pa.string())
-        self._units = pa.array(sorted(self.contract.units), pa.string())
-        self._identifier_re = limits.identifier_pattern
-        self._firmware_re = limits.firmware_pattern
+        self._limits = self.contract.limits
+        # The Validator's own rule table: every column check below applies one of its entries.
+        self.rules = self.validator.rules
+        self._value_sets: dict[tuple[str, ...], pa.Array] = {}
+        for _, _, check in self.rules.checks():
+            if check.op not in _COLUMN_OPS:
+                raise ValueError(f"check of {check.field}: the ArrowDecoder has no {check.op!r} operation")
+            if check.op == "one_of":
+                self._value_sets[check.arg] = pa.array(check.arg, pa.string())
+        self._lists = tuple(sorted({rule.key for _, rule in self.rules.fields() if rule.items is not None}))
         self._json_schema = _json_schema(self.contract)
         self._topic_parts = _topic_parts(self.contract.topics[TOPIC]["pattern"])
 
@@ -305,12 +335,9 @@ class ArrowDecoder:
         n_messages = len(messages)
         ok = np.ones(n_messages, dtype=bool)
         # The envelope, as Validator.envelope and the topic check see it.
-        ok &= _to_numpy(pc.equal(table["v"], self.contract.version))
-        for spec in self.contract.envelope:
-            if spec.name != "records":
-                ok &= self._check(spec, table[spec.name])
+        for rule in self.rules.envelope:
+            ok &= self._field_ok(rule, table[rule.key])
         lists = _array(table["records"])
-        ok &= _to_numpy(pc.less_equal(pc.list_value_length(lists), self._limits.max_records_per_message))
         topics = pa.array([m.topic for m in messages], pa.string())
         expected = pc.binary_join_element_wise(
             *(table[part] if is_field else part for part, is_field in self._topic_parts), ""
@@ -321,24 +348,18 @@ class ArrowDecoder:
         records = pc.list_flatten(lists)
         parent = np.asarray(pc.list_parent_indices(lists).to_numpy(zero_copy_only=False), dtype=np.int64)
         columns = {f.name: records.field(f.name) for f in records.type}
-        if "quantities" in columns:
-            columns["quantities"] = _as_quantity_list(columns["quantities"])
-        kind = columns["kind"]
+        kind = columns[self.rules.discriminator]
         # Every record at once: the common rules, then each kind's fields where the kind owns them.
-        valid = _to_numpy(pc.or_kleene(pc.is_null(columns["v"]), pc.equal(columns["v"], self.contract.version)))
-        valid &= _to_numpy(pc.is_in(kind, value_set=self._kind_values))
-        valid &= self._kind_valid(columns, (), received[parent])
+        valid = self._common_ok(columns, received[parent])
         owners: dict[str, np.ndarray] = {}
-        for name, specs in self.contract.kinds.items():
+        for name, rules in self.rules.kinds.items():
             owned = _to_numpy(pc.equal(kind, name))
-            for spec in specs:
-                owners[spec.name] = owners[spec.name] | owned if spec.name in owners else owned
-                if spec.type == "quantities":
-                    checked = self._quantities_valid(columns[spec.name], spec.required)
-                else:
-                    checked = self._check(spec, columns[spec.name])
-                valid &= ~owned | checked
+            for rule in rules:
+                owners[rule.key] = owners[rule.key] | owned if rule.key in owners else owned
+                valid &= ~owned | self._field_ok(rule, columns[rule.key])
         ok[np.unique(parent[~valid])] = False
+        for name in self._lists:  # read loosely typed from JSON; checked above
+            columns[name] = _as_quantity_list(columns[name])
         # A field of another kind is dropped by the Validator, so it is null here
         # (rewritten only when some record carries one: gateways rarely send them).
         for name, mine in owners.items():
@@ -480,12 +501,7 @@ class ArrowDecoder:
         if bad is not None:
             ok &= ~bad
             records = [r if r is not None else {} for r in records]
-        # The version: absent means 1; present, it must be the int 1 (True == 1 and 1.0 == 1 are not).
-        version = self.contract.version
-        versions = [r.get("v", version) for r in records]
-        if not all(type(v) is int and v == version for v in versions):
-            ok &= np.fromiter((type(v) is int and v == version for v in versions), dtype=bool, count=n)
-        kinds, _ = _typed([r.get("kind") for r in records], (str,))
+        kinds, _ = _typed([r.get(self.rules.discriminator) for r in records], (str,))
         kind_array = pa.array(kinds, pa.string())
         headers = {
             name: pa.array([m.header[name] for m in messages], pa.string()) for name in self._stamps
@@ -493,21 +509,20 @@ class ArrowDecoder:
 
         tables = []
         of_a_kind = np.zeros(n, dtype=bool)
-        for kind, specs in self.contract.kinds.items():
+        for kind, rules in self.rules.kinds.items():
             rows = np.flatnonzero(_to_numpy(pc.equal(kind_array, kind)) & ok)
             if len(rows) == 0:
                 continue
             of_a_kind[rows] = True
             subset = [records[i] for i in rows.tolist()]
             now = received[msg_of[rows]]
-            columns, valid = self._kind_columns(subset, specs, now)
-            columns["kind"] = pa.array([kind] * len(rows), pa.string())
+            columns, valid = self._kind_columns(subset, kind, rules, now)
             ok[rows] = valid
             where = pa.array(msg_of[rows])
             stamps = {name: values.take(where) for name, values in headers.items()}
             table = self._assemble(stamps, columns, pa.array(now, pa.int64()), len(rows))
             tables.append(table.filter(pa.array(valid)))
-        # Not an object, another version, or no known kind: the Validator says which.
+        # Not an object, or no known kind: the Validator says which.
         ok &= of_a_kind
         failed_at = np.flatnonzero(~ok)
         starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
@@ -534,131 +549,156 @@ class ArrowDecoder:
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
     def _kind_columns(
-        self, records: list[dict[str, Any]], specs: Iterable[FieldSpec], now_ms: np.ndarray
+        self, records: list[dict[str, Any]], kind: str, rules: Iterable[FieldRule], now_ms: np.ndarray
     ) -> tuple[dict[str, pa.Array], np.ndarray]:
-        """The columns of records of one kind, and which records pass every check."""
-        n = len(records)
-        valid = np.ones(n, dtype=bool)
-        columns: dict[str, pa.Array] = {}
-        for spec in (*self._common, *specs):
-            name = spec.name
-            values = [r.get(name) for r in records]
-            values, bad = _typed(values, _PY_TYPES[spec.type] + (() if spec.required else (_NONE,)))
-            if bad is not None:
-                valid &= ~bad
-            nones = 0 if spec.required else values.count(None)
-            if nones:
-                # An optional field given as JSON null is refused (wrong_type), an absent one
-                # is fine; both are None here, so count the keys when any None is present.
-                present = sum(name in r for r in records)
-                if present != n - nones:
-                    valid &= np.fromiter(
-                        (v is not None or spec.name not in r for v, r in zip(values, records, strict=True)),
-                        dtype=bool, count=n,
-                    )
-            if spec.type == "quantities":
-                array = self._quantities(values)
-            else:
-                array = pa.array(values, ARROW_TYPES[spec.type])
-            columns[spec.name] = array
-        valid &= self._kind_valid(columns, specs, now_ms)
+        """The columns of records of one ``kind``, and which records pass every rule of the table."""
+        valid = np.ones(len(records), dtype=bool)
+        # The records were picked by their kind: its column is known (and still checked below).
+        columns: dict[str, pa.Array] = {self.rules.discriminator: pa.array([kind] * len(records), pa.string())}
+        for rule in (*self.rules.record, *rules):
+            if rule.key in columns:
+                continue
+            columns[rule.key], refused = self._column(rule, records)
+            if refused is not None:
+                valid &= ~refused
+        for rule in rules:
+            if rule.items is None:  # an array's items were checked as it was built
+                valid &= self._field_ok(rule, columns[rule.key])
+        valid &= self._common_ok(columns, now_ms)
         return columns, valid
 
-    def _kind_valid(
-        self, columns: dict[str, pa.Array], specs: Iterable[FieldSpec], now_ms: np.ndarray
-    ) -> np.ndarray:
-        """Which records of one kind, given as columns, pass every rule of Validator.record."""
+    def _column(self, rule: FieldRule, records: list[dict[str, Any]]) -> tuple[pa.Array, np.ndarray | None]:
+        """The column of one field, and the records it refuses on the way (None: none): a value
+        of another type, an optional field given as null, an array whose items break the rules."""
+        n, name = len(records), rule.key
+        values, refused = _typed([r.get(name) for r in records],
+                                 _PY_TYPES[rule.json_type] + (() if rule.required else (_NONE,)))
+        nones = 0 if rule.required else values.count(None)
+        if nones:
+            # An optional field given as JSON null is refused (wrong_type), an absent one
+            # is fine; both are None here, so count the keys when any None is present.
+            present = sum(name in r for r in records)
+            if present != n - nones:
+                null = np.fromiter(
+                    (v is None and name in r for v, r in zip(values, records, strict=True)), dtype=bool, count=n
+                )
+                refused = null if refused is None else refused | null
+        if rule.items is None:
+            return pa.array(values, ARROW_TYPES[rule.type]), refused
+        lists, item_bad = self._quantities(values, rule)
+        broken = ~self._field_ok(rule, lists, item_bad)
+        return _as_quantity_list(lists), broken if refused is None else refused | broken
+
+    def _common_ok(self, columns: dict[str, pa.Array], now_ms: np.ndarray) -> np.ndarray:
+        """Which records, given as columns, pass the table's common field rules and the checks across them."""
         valid = np.ones(len(now_ms), dtype=bool)
-        for spec in (*self._common, *specs):
-            array = columns[spec.name]
-            if spec.type == "quantities":
-                valid &= self._quantities_valid(array, spec.required)
-            else:
-                valid &= self._check(spec, array)
-        # The record rules beyond single fields.
-        limits = self._limits
-        valid &= _to_numpy(pc.less_equal(columns["seq"], limits.max_seq))
-        valid &= _to_numpy(pc.less_equal(columns["boot"], limits.max_boot))
-        valid &= _to_numpy(_matches(columns["fw"], self._firmware_re))
-        ts = columns["ts_ms"]
-        valid &= _to_numpy(pc.greater_equal(ts, limits.min_event_time_ms))
-        valid &= _to_numpy(pc.less_equal(ts, pa.array(now_ms + limits.max_future_skew_ms)))
+        for rule in self.rules.record:
+            valid &= self._field_ok(rule, columns[rule.key])
+        for check in self.rules.across:
+            passed = self._vector(check, columns[check.field], now_ms)
+            if passed is not None:
+                valid &= _to_numpy(passed)
         return valid
 
-    def _check(self, spec: FieldSpec, array: pa.Array) -> np.ndarray:
-        """Where ``array`` satisfies ``spec`` (null: fine when optional, refused when required)."""
-        limits = self._limits
-        if spec.type == "identifier":
-            ok = pc.and_(
-                pc.less_equal(pc.utf8_length(array), limits.identifier_max_length),
-                _matches(array, self._identifier_re),
-            )
-        elif spec.type == "string":
-            ok = pc.less_equal(pc.utf8_length(array), limits.max_string_length)
-        elif spec.type == "enum":
-            ok = pc.is_in(array, value_set=pa.array(spec.values, pa.string()))
-        elif spec.type == "int":
+    def _field_ok(
+        self, rule: FieldRule, array: pa.Array | pa.ChunkedArray, item_bad: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Where ``array`` passes every check of ``rule`` (null: fine when optional, refused when
+        required). An array of items: ``item_bad`` marks items of another type than the rule's."""
+        ok: pa.Array | None = None
+        for check in rule.checks:
+            passed = self._vector(check, array)
+            if passed is not None:
+                ok = passed if ok is None else pc.and_(ok, passed)
+        if ok is None:
             ok = pc.is_valid(array)
-            if spec.min is not None:
-                ok = pc.and_(ok, pc.greater_equal(array, spec.min))
-            if spec.max is not None:
-                ok = pc.and_(ok, pc.less_equal(array, spec.max))
-        else:  # pragma: no cover - every contract type is handled above
-            raise AssertionError(f"contract field type {spec.type!r} has no column check")
-        if not spec.required:
+        if not rule.required:
             ok = pc.or_kleene(pc.is_null(array), ok)
-        return _to_numpy(ok)
+        valid = _to_numpy(ok)
+        if rule.items is not None:
+            lists = _array(array)
+            flat = pc.list_flatten(lists)
+            if len(flat):
+                item_ok = np.ones(len(flat), dtype=bool) if item_bad is None else ~item_bad
+                for check in rule.items.checks:
+                    passed = self._vector(check, flat)
+                    if passed is not None:
+                        item_ok &= _to_numpy(passed)
+                for item_field in rule.items.fields:
+                    item_ok &= self._field_ok(item_field, flat.field(item_field.key))
+                owner = np.asarray(pc.list_parent_indices(lists).to_numpy(zero_copy_only=False), dtype=np.int64)
+                valid[np.unique(owner[~item_ok])] = False
+        return valid
 
-    def _quantities(self, lists: list[Any]) -> pa.Array:
-        """A list<quantity> array of ``lists`` (None stays null); a value of the wrong type becomes
-        an empty name, which :meth:`_quantities_valid` refuses."""
+    def _vector(
+        self, check: Check, array: pa.Array | pa.ChunkedArray, now_ms: np.ndarray | None = None
+    ) -> pa.Array | pa.ChunkedArray | None:
+        """Where ``array`` passes ``check``, as an Arrow boolean array (null where it is null); None
+        when the array's Arrow type already guarantees it. Never more lenient than the Validator.
+        """
+        op, arg = check.op, check.arg
+        if op == "type":
+            # Columns are built only of values of their JSON type (_typed; pyarrow.json's explicit schema).
+            return None
+        if op == "utf8":
+            # An Arrow string is valid UTF-8: a string that is not fails the conversion, and the
+            # message goes to the Validator (see _CONVERSION_ERRORS).
+            return None
+        if op == "one_of":
+            return pc.is_in(array, value_set=self._value_sets[arg])
+        if op == "chars_at_most":
+            return pc.less_equal(pc.utf8_length(array), arg)
+        if op == "pattern":  # anchored: the Validator's re.fullmatch, in RE2
+            return _matches(array, f"^(?:{arg})$")
+        if op in ("between", "items_between"):
+            values = array if op == "between" else pc.list_value_length(array)
+            low, high = arg
+            if pa.types.is_int64(values.type):  # the bounds an int64 column holds anyway
+                low = None if low is not None and low <= INT64_MIN else low
+                high = None if high is not None and high >= INT64_MAX else high
+            bounds = [
+                *(() if low is None else (pc.greater_equal(values, low),)),
+                *(() if high is None else (pc.less_equal(values, high),)),
+            ]
+            if not bounds:
+                return None
+            return bounds[0] if len(bounds) == 1 else pc.and_(*bounds)
+        if op == "finite":
+            return pc.is_finite(array)
+        if op == "equals":
+            return pc.equal(array, arg)
+        if op == "not_after":
+            if now_ms is None:  # pragma: no cover - the table allows not_after across fields only
+                raise AssertionError(f"{check.field}: not_after without the receiver's clock")
+            return pc.less_equal(array, pa.array(now_ms + arg))
+        raise AssertionError(f"check of {check.field}: no column operation {op!r}")  # refused in __init__
+
+    def _quantities(self, lists: list[Any], rule: FieldRule) -> tuple[pa.Array, np.ndarray | None]:
+        """``lists`` (None stays null) as a loosely typed list<struct> array, each item field null
+        where absent or of another type; and which items are not objects (None: all are)."""
+        assert rule.items is not None
         n = len(lists)
         lengths = np.fromiter((0 if q is None else len(q) for q in lists), dtype=np.int64, count=n)
         items, bad = _typed(list(chain.from_iterable(q for q in lists if q is not None)), (dict,))
         if bad is not None:
             items = [q if q is not None else {} for q in items]
-        names, bad_names = _typed([q.get("name") for q in items], (str,))
-        values, bad_values = _typed([q.get("value") for q in items], (int, float))
-        units, bad_units = _typed([q.get("unit") for q in items], (str,))
-        for b in (bad, bad_values, bad_units):
-            if b is not None:
-                names = [None if wrong else name for name, wrong in zip(names, b, strict=True)]
+        children = []
+        for item_field in rule.items.fields:
+            values, _ = _typed([q.get(item_field.key) for q in items], _PY_TYPES[item_field.json_type])
+            children.append(pa.array(values, _ITEM_TYPES[item_field.key]))
         offsets = np.concatenate(([0], np.cumsum(lengths)))
+        structs = pa.StructArray.from_arrays(children, names=[f.key for f in rule.items.fields])
         mask = np.fromiter((q is None for q in lists), dtype=bool, count=n)
-        return _quantity_list(
-            offsets, pa.array(names, pa.string()), pa.array(values, pa.float64()),
-            pa.array(units, pa.string()), mask,
-        )
-
-    def _quantities_valid(self, lists: pa.Array, required: bool) -> np.ndarray:
-        """Where a list<quantity> array holds what the Validator accepts (null: absent)."""
-        limits = self._limits
-        lengths = pc.list_value_length(lists)
-        ok = _to_numpy(pc.and_(pc.greater_equal(lengths, 1), pc.less_equal(lengths, limits.max_quantities_per_usage)))
-        if not required:
-            ok |= _to_numpy(pc.is_null(lists))
-        flat = pc.list_flatten(lists)
-        if len(flat) == 0:
-            return ok
-        owner = np.asarray(pc.list_parent_indices(lists).to_numpy(zero_copy_only=False), dtype=np.int64)
-        names, values, units = flat.field("name"), flat.field("value"), flat.field("unit")
-        item_ok = _to_numpy(pc.and_(
-            pc.less_equal(pc.utf8_length(names), limits.identifier_max_length),
-            _matches(names, self._identifier_re),
-        ))
-        item_ok &= _to_numpy(pc.and_(pc.is_finite(values), pc.greater_equal(values, 0.0)))
-        item_ok &= _to_numpy(pc.is_in(units, value_set=self._units))
-        ok[np.unique(owner[~item_ok])] = False
-        return ok
+        loose = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), structs, mask=pa.array(mask))
+        return loose, bad
 
 
-def _quantity_list(
-    offsets: np.ndarray, names: pa.Array, values: pa.Array, units: pa.Array, mask: np.ndarray
-) -> pa.Array:
-    """A list<quantity> array; nulls inside (refused items) are filled so the struct stays
-    well-formed: the rows holding them are refused by the checks and never kept."""
+def _quantity_list(offsets: np.ndarray, children: list[pa.Array], mask: np.ndarray) -> pa.Array:
+    """A list<QUANTITY> array of ``children`` (one array per QUANTITY field, in its order); nulls
+    inside (refused items) are filled so the struct stays well-formed: the rows holding them are
+    refused by the checks and never kept."""
     structs = pa.StructArray.from_arrays(
-        [pc.fill_null(names, ""), pc.fill_null(values, 0.0), pc.fill_null(units, "")],
+        [pc.fill_null(child, _FILL[f.type]) for child, f in zip(children, QUANTITY, strict=True)],
         fields=list(QUANTITY),
     )
     return pa.ListArray.from_arrays(

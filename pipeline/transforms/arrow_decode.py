@@ -71,9 +71,8 @@ import pyarrow.json as pj
 
 from fleetpulse.pipeline.lake.schema import ARROW_TYPES, QUANTITY, lake_schema
 from fleetpulse.schemas import Contract, InvalidTelemetry, Rejection, Validator
-from fleetpulse.schemas import validate as _validate
 from fleetpulse.schemas.rules import Check, FieldRule
-from fleetpulse.schemas.validate import INT64_MAX, INT64_MIN, nesting_exceeds
+from fleetpulse.schemas.validate import GZIP_MAGIC, INT64_MAX, INT64_MIN, nesting_exceeds
 
 from .decode import TOPIC, Dead, LandingDecoder
 from .rows import lake_row
@@ -91,9 +90,6 @@ _ITEM_TYPES: dict[str, pa.DataType] = {f.name: f.type for f in QUANTITY}
 #: What a refused (null) item field is filled with so a list<QUANTITY> stays well-formed
 _FILL: dict[pa.DataType, Any] = {pa.string(): "", pa.float64(): 0.0, pa.int64(): 0}
 _NONE = type(None)
-#: gzip: the Validator's magic, when it accepts gzip batches (see _plain_json)
-_GZIP_MAGIC: bytes = getattr(_validate, "GZIP_MAGIC", b"\x1f\x8b")
-_GZIP_ACCEPTED = hasattr(_validate, "GZIP_MAGIC")
 #: pyarrow.json block: larger than any payload the contract allows
 _JSON_BLOCK_BYTES = 1 << 22
 #: The operations of the rule table (schemas/rules.py OPS) that ArrowDecoder._vector applies.
@@ -269,8 +265,8 @@ class ArrowDecoder:
         if len(payload) > self._limits.max_payload_bytes:
             return None
         text: bytes | None = payload
-        if payload[:2] == _GZIP_MAGIC:
-            text = _inflate(payload, self._limits.max_payload_bytes) if _GZIP_ACCEPTED else None
+        if payload[:2] == GZIP_MAGIC:
+            text = _inflate(payload, self._limits.max_payload_bytes)
         if (
             text is None
             or not text.isascii()

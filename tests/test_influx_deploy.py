@@ -138,7 +138,7 @@ def test_readme_setup_statements_and_dashboard_queries_run_on_influxdb_1x(
         extra = [
             customer_point("c-003", first_day_s + 2 * 86400, 0),
             customer_point("c-004", first_day_s + 2 * 86400, 1),
-            # what the gateways' status messages become (pipeline/jobs/points.py)
+            # what the gateways' status messages become (pipeline/outputs/points.py)
             *(
                 gateway_status_point({
                     "customer_id": gw[:5], "site_id": f"{gw[:5]}-s1", "gateway_id": gw, "state": "online",

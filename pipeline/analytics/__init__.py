@@ -6,5 +6,5 @@
 * :mod:`.retention` turns two periods of those totals plus the accounts
   registry into net / gross usage retention, logo retention and the CSM
   coverage comparison (pure functions on Arrow tables);
-* :mod:`.cli` is ``fleetpulse retention``.
+* :mod:`fleetpulse.pipeline.cli.retention` is ``fleetpulse retention``.
 """

@@ -9,7 +9,7 @@
     channels.py  Slack-compatible webhook, webhook, SMTP, MQTT, file
     delivery.py  the outbox worker (retries with capped exponential backoff)
     engine.py    run_playbooks(): judge new days, record, deliver; dry_run() for `playbooks check`
-    cli.py       `fleetpulse playbooks check|run`;  alerts_cli.py  `fleetpulse alerts`
+    (the commands: pipeline/cli/playbooks.py `fleetpulse playbooks check|run`, pipeline/cli/alerts.py `fleetpulse alerts`)
 
 docs/PLAYBOOKS.md explains how to write a playbook; deploy/playbooks/lifecycle.yaml is the sample set.
 """

@@ -123,6 +123,17 @@ def nesting_exceeds(text: bytes, limit: int = MAX_NESTING) -> bool:
     return True
 
 
+def _apply(fields: list[_Field], obj: dict[str, Any], into: dict[str, Any]) -> None:
+    """Check ``obj``'s fields (compiled ``(key, required, kept, missing, check)`` rows) into ``into``."""
+    for key, required, kept, missing, check in fields:
+        if key in obj:
+            value = check(obj[key])
+            if kept:
+                into[key] = value
+        elif required:
+            raise InvalidTelemetry("missing_field", missing)
+
+
 class InvalidTelemetry(RejectedInput):
     """A record or envelope that breaks the contract."""
 
@@ -363,22 +374,10 @@ class Validator:
         if not isinstance(obj, dict):
             raise InvalidTelemetry("not_object", f"a record must be a JSON object, got {quote(obj)}")
         out: dict[str, Any] = {}
-        for key, required, kept, missing, check in self._record:
-            if key in obj:
-                value = check(obj[key])
-                if kept:
-                    out[key] = value
-            elif required:
-                raise InvalidTelemetry("missing_field", missing)
+        _apply(self._record, obj, out)
         if not self._across_ok(out, now_ms):
             self._refuse_across(out, now_ms)
-        for key, required, kept, missing, check in self._kinds[out[self._discriminator]]:
-            if key in obj:
-                value = check(obj[key])
-                if kept:
-                    out[key] = value
-            elif required:
-                raise InvalidTelemetry("missing_field", missing)
+        _apply(self._kinds[out[self._discriminator]], obj, out)
         return out
 
     def records(
@@ -485,13 +484,7 @@ class Validator:
             if not isinstance(obj, dict):
                 raise InvalidTelemetry("not_object", "a batch must be a JSON object")
             header: dict[str, Any] = {}
-            for key, required, kept, missing, check in self._envelope:
-                if key in obj:
-                    value = check(obj[key])
-                    if kept:
-                        header[key] = value
-                elif required:
-                    raise InvalidTelemetry("missing_field", missing)
+            _apply(self._envelope, obj, header)
             items = obj[self._records_key]
         except InvalidTelemetry as exc:
             return None, [], [Rejection(exc.reason, exc.detail)]

@@ -30,6 +30,7 @@ from fleetpulse.pipeline.transforms.columnar import (
     dedupe_table,
     device_hour_table,
     device_hours_from_table,
+    group_keys,
     shard_of,
     split_table,
     table_from_ipc,
@@ -175,12 +176,19 @@ def test_a_tie_after_the_earliest_copy_does_not_compete() -> None:
     assert dedupe_table(table(ties))[0].to_pylist() == reference(ties)[0]
 
 
-def test_copies_with_other_event_times_are_still_one_record() -> None:
-    # A device that reuses (boot, seq) breaks the contract; the per-element dedupe keeps one
-    # row per key wherever it lies, and so does the columnar one (shards are by device only).
-    rows = [row("d9", T0 + 1000, 3, "heartbeat", interval_s=60, received_ms=T0 + 9000),
-            row("d9", T0 + 5 * H, 3, "heartbeat", interval_s=60, received_ms=T0 + 5 * H + 1)]
-    assert columnar([table(rows[:1]), table(rows[1:])])[2] == reference(rows)[1]
+def test_a_reused_seq_is_one_record_within_an_hour_and_two_across_hours() -> None:
+    # A device that reuses (boot, seq) breaks the contract. Copies of a record share its ts_ms, so
+    # dedupe is scoped to the event hour in every engine: within an hour the earliest copy survives,
+    # across hours both records are kept (nothing dropped), in both paths and in the Beam composite.
+    same_hour = [row("d9", T0 + 1000, 3, "heartbeat", interval_s=60, received_ms=T0 + 9000),
+                 row("d9", T0 + 2000, 3, "heartbeat", interval_s=60, received_ms=T0 + 8000)]
+    other_hour = [same_hour[0], row("d9", T0 + 5 * H, 3, "heartbeat", interval_s=60, received_ms=T0 + 5 * H + 1)]
+    survivors, duplicates, hours = columnar([table(same_hour[:1]), table(same_hour[1:])])
+    assert (survivors.to_pylist(), duplicates) == ([same_hour[1]], 1)
+    assert hours == reference(same_hour)[1]
+    survivors, duplicates, hours = columnar([table(other_hour[:1]), table(other_hour[1:])])
+    assert (survivors.num_rows, duplicates) == (2, 0)
+    assert hours == reference(other_hour)[1] and len(hours) == 2
 
 
 def test_empty_input_gives_empty_tables() -> None:
@@ -189,15 +197,20 @@ def test_empty_input_gives_empty_tables() -> None:
     assert device_hour_table(survivors).schema == DEVICE_HOUR_SCHEMA
 
 
-def test_shards_are_stable_and_parts_are_compact() -> None:
+def test_groups_are_event_hours_by_stable_device_shards_and_parts_are_compact() -> None:
     ids = pa.array(["d1", "d2", "d1", "gw-7.dev:3"])
     assert shard_of(ids, 16).tolist() == shard_of(pa.chunked_array([ids[:2], ids[2:]]), 16).tolist()
     # CRC-32, the same in every worker process (str hash() is salted per process)
     assert shard_of(ids, 16).tolist() == [zlib.crc32(d.encode()) % 16 for d in ids.to_pylist()]
-    big = table([row(f"d{i % 50}", T0 + i, i, "heartbeat", interval_s=60) for i in range(5000)])
-    parts = dict(split_table(big, shard_of(big["device_id"], 16)))
-    assert sum(p.num_rows for p in parts.values()) == 5000
-    assert all(zlib.crc32(d.encode()) % 16 == k for k, p in parts.items() for d in p["device_id"].to_pylist())
+    big = table([row(f"d{i % 50}", T0 + i * 7_000, i, "heartbeat", interval_s=60) for i in range(5000)])
+    for shards in (1, 4):
+        parts = dict(split_table(big, group_keys(big, shards)))
+        assert sum(p.num_rows for p in parts.values()) == 5000
+        for key, part in parts.items():
+            hour, shard = divmod(key, shards)
+            assert {ts // H for ts in part["ts_ms"].to_pylist()} == {hour}
+            assert {zlib.crc32(d.encode()) % shards for d in part["device_id"].to_pylist()} == {shard}
+        assert len(parts) >= 5000 * 7_000 // H * (2 if shards > 1 else 1)
     # A part crosses the shuffle as IPC bytes of its own rows, not with its parent's buffers.
     encoded = {k: table_to_ipc(p) for k, p in parts.items()}
     assert max(map(len, encoded.values())) < len(table_to_ipc(big)) / 4

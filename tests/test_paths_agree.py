@@ -4,7 +4,7 @@ Per element: every landing message through :class:`LandingDecoder` (the step
 of ``DecodeBatches``), the rows folded by ``PickSurvivorFn`` (``DedupeRecords``)
 and ``DeviceHourFn`` (``DeviceHourlyRollups``). Columnar: the messages in
 chunks through :class:`ArrowDecoder` (the step of ``DecodeBatchTables``), the
-tables split into device shards and each shard deduplicated and rolled up
+tables split into groups (event hour × device shard) and each deduplicated and rolled up
 (``DedupeRecordTables`` → ``DeviceHourTables``). Both are folded here without a
 runner, like ``tests/test_columnar_rollups.py`` (whose reference this reuses).
 
@@ -33,7 +33,7 @@ from fleetpulse.pipeline.transforms.columnar import (
     dedupe_table,
     device_hour_table,
     device_hours_from_table,
-    shard_of,
+    group_keys,
     split_table,
 )
 from fleetpulse.pipeline.transforms.decode import LandingDecoder, dead_letter_row
@@ -166,7 +166,8 @@ def per_element(messages: list[tuple[str, bytes, int]]) -> tuple[list[str], list
 def columnar(
     messages: list[tuple[str, bytes, int]], chunk: int, shards: int
 ) -> tuple[list[str], list[str], list[str], int, list[DeviceHour]]:
-    """The same from the columnar transforms: chunks decoded, device shards deduplicated and rolled up."""
+    """The same from the columnar transforms: chunks decoded, groups (event hour × device shard)
+    deduplicated and rolled up."""
     tables, dead = [], []
     for start in range(0, len(messages), chunk):
         part = messages[start : start + chunk]
@@ -175,7 +176,7 @@ def columnar(
         dead += [dead_letter_row(d) for d in decoded.dead]
     rows = pa.concat_tables(tables)
     survivors, duplicates, hours = [], 0, []
-    for _, shard in split_table(rows, shard_of(rows["device_id"], shards)):
+    for _, shard in split_table(rows, group_keys(rows, shards)):
         kept, removed = dedupe_table(shard)
         survivors += kept.to_pylist()
         duplicates += removed

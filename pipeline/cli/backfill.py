@@ -59,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--history-days", type=int, metavar="N",
                         help="days before --from read for scoring only (default: the whole lake, exact; "
                              "at least the health model's warmup_days)")
+    parser.add_argument("--hour-shards", type=int, default=1, metavar="N",
+                        help="groups per event hour for dedupe, rollups and the raw archive, by device "
+                             "(default 1; raise it when one hour of the fleet is too big for a worker)")
     parser.add_argument("beam_args", nargs="*", help="Beam pipeline options, after --")
 
 
@@ -79,6 +82,9 @@ def resolve(args: argparse.Namespace):  # -> JobConfig
             "command line", "--lake", f"{args.lake} has no landing files (landing/dt=*/part-*.parquet)",
             "point --lake at the folder `fleetpulse land` writes to",
         )
+    if args.hour_shards < 1:
+        raise ConfigError("command line", "--hour-shards", f"{args.hour_shards} is not a positive number",
+                          "use 1 (the default) or more")
     model = load_health_model(args.health_model)
     history_days = args.history_days
     if history_days is not None:
@@ -101,6 +107,7 @@ def resolve(args: argparse.Namespace):  # -> JobConfig
         from_day=from_day,
         to_day=to_day,
         history_days=history_days,
+        hour_shards=args.hour_shards,
     )
 
 

@@ -5,8 +5,9 @@ The plan, one named composite per step (the streaming job,
 with event-time windows and a trigger instead of one pane per group)::
 
     ReadLanding → DecodeBatches ─▶ dead letters                      (Arrow tables from here …
-                → KeepPeriod → DedupeRecords ─▶ (period) records
-                → DeviceHourlyRollups → DeviceHours                   … to here)
+                → KeepPeriod → DedupeRecords ─▶ (period) records      one table per event hour
+                → DeviceHourlyRollups ─▶ device_hourly                … to here)
+                → DeviceHours
                 → CustomerDailyUsage
                 → ScoreCustomers ◀─ accounts, model, gateway status: fleet context, offline
                                    gateways marked, every account scored ─▶ signals, alerts
@@ -98,10 +99,15 @@ class JobConfig:
     #: tables, the default) or "per_element" (one dict per record, the
     #: streaming job's transforms); the outputs are the same
     engine: str = "columnar"
+    #: groups per event hour of the columnar dedupe, rollups and raw archive (by device):
+    #: the largest element is one hour of the fleet divided by this
+    hour_shards: int = 1
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"engine {self.engine!r} is not one of {ENGINES}")
+        if self.hour_shards < 1:
+            raise ValueError(f"hour_shards {self.hour_shards} is not positive")
         if self.history_days is not None and self.history_days < 0:
             raise ValueError(f"history_days {self.history_days} is negative")
 
@@ -158,54 +164,67 @@ class KeepPeriod(beam.PTransform):
         )
 
 
-def _in_period(table: pa.Table, low: int | None, high: int | None) -> pa.Table:
+def _in_period(table: pa.Table, low: int | None, high: int | None, column: str = "ts_ms") -> pa.Table:
     keep = None
     if low is not None:
-        keep = pc.greater_equal(table["ts_ms"], low)
+        keep = pc.greater_equal(table[column], low)
     if high is not None:
-        below = pc.less(table["ts_ms"], high)
+        below = pc.less(table[column], high)
         keep = below if keep is None else pc.and_(keep, below)
     return table if keep is None else table.filter(keep)
 
 
 class KeepPeriodTables(beam.PTransform):
-    """:class:`KeepPeriod` for lake tables."""
+    """:class:`KeepPeriod` for lake tables (by ``ts_ms``) or device-hour tables (``column="hour_ms"``).
 
-    def __init__(self, from_day: date | None, to_day: date | None) -> None:
+    The bounds are whole UTC days, so an hour table of the columnar dedupe is
+    kept or dropped whole.
+    """
+
+    def __init__(self, from_day: date | None, to_day: date | None, column: str = "ts_ms") -> None:
         super().__init__()
         self.low, self.high = period_ms(from_day, to_day)
+        self.column = column
 
     def expand(self, tables: beam.PCollection) -> beam.PCollection:
-        low, high = self.low, self.high
+        low, high, column = self.low, self.high, self.column
         if low is None and high is None:
             return tables
         return (
             tables
-            | "InPeriod" >> beam.Map(_in_period, low, high)
+            | "InPeriod" >> beam.Map(_in_period, low, high, column)
             | "NotEmpty" >> beam.Filter(lambda t: t.num_rows > 0)
         )
 
 
-def _device_hours(p: beam.Pipeline, config: JobConfig) -> tuple[Any, beam.PCollection, beam.PCollection]:
-    """Landing zone → (decoded, the period's records to archive, DeviceHours of the days read)."""
+@dataclass
+class _Records:
+    """What the record steps give the rest of the job."""
+
+    decoded: Any  # DoOutputsTuple: main records and dead letters
+    archived: beam.PCollection  # the period's deduplicated records, for the raw archive
+    hours: beam.PCollection  # DeviceHours of the days read
+    hour_tables: beam.PCollection | None = None  # the same as DEVICE_HOUR_SCHEMA tables (columnar)
+
+
+def _device_hours(p: beam.Pipeline, config: JobConfig) -> _Records:
+    """Landing zone → decoded records, the period's records to archive, device hours of the days read."""
     read_from, history = config.read_from_day, config.has_history
     if config.engine == "columnar":
         landing = ReadLandingTables(config.lake, since=config.landing_from_day)
         decoded = p | "ReadLanding" >> landing | "DecodeBatches" >> DecodeBatchTables()
+        # One table per event hour (× device shard) from here: every copy of its records and
+        # every record of its device-hours, so no other shuffle until the per-customer steps.
         records = (
             decoded.main
             | "KeepPeriod" >> KeepPeriodTables(read_from, config.to_day)
-            | "DedupeRecords" >> DedupeRecordTables()
+            | "DedupeRecords" >> DedupeRecordTables(config.hour_shards)
         )
         archived = (records | "ArchivePeriod" >> KeepPeriodTables(config.from_day, config.to_day)
                     if history else records)
-        # Every device-hour is whole in its device shard: no windows, no combining.
-        hours = (
-            records
-            | "DeviceHourlyRollups" >> DeviceHourTables()
-            | "DeviceHours" >> DeviceHoursFromTables()
-        )
-        return decoded, archived, hours
+        hour_tables = records | "DeviceHourlyRollups" >> DeviceHourTables()
+        hours = hour_tables | "DeviceHours" >> DeviceHoursFromTables()
+        return _Records(decoded, archived, hours, hour_tables)
     decoded = (
         p
         | "ReadLanding" >> ReadLanding(config.lake, since=config.landing_from_day)
@@ -219,7 +238,7 @@ def _device_hours(p: beam.Pipeline, config: JobConfig) -> tuple[Any, beam.PColle
     archived = rows | "ArchivePeriod" >> KeepPeriod(config.from_day, config.to_day) if history else rows
     # Batch: one pane per group, the window start carried in the key (the
     # streaming job passes event-time windows and its trigger instead).
-    return decoded, archived, rows | "DeviceHourlyRollups" >> DeviceHourlyRollups(window_mode="batch")
+    return _Records(decoded, archived, rows | "DeviceHourlyRollups" >> DeviceHourlyRollups(window_mode="batch"))
 
 
 class KeepOutputPeriod(beam.PTransform):
@@ -253,9 +272,10 @@ def build_pipeline(options: PipelineOptions, config: JobConfig) -> beam.Pipeline
     """The unrun pipeline for ``config`` (see the module docstring for the plan)."""
     p = beam.Pipeline(options=options)
 
-    decoded, records, all_hours = _device_hours(p, config)
+    steps = _device_hours(p, config)
+    all_hours, hour_tables = steps.hours, steps.hour_tables
     days = all_hours | "CustomerDailyUsage" >> CustomerDailyUsage(window_mode="batch")
-    results: dict[str, beam.PCollection] = {"dead_letters": decoded[DEAD_LETTERS]}
+    results: dict[str, beam.PCollection] = {"dead_letters": steps.decoded[DEAD_LETTERS]}
     status = None
     if has_files(config.lake, "status"):
         decoded_status = (
@@ -269,11 +289,16 @@ def build_pipeline(options: PipelineOptions, config: JobConfig) -> beam.Pipeline
     signals, alerts, hours = scored[SIGNALS], scored[ALERTS], all_hours
     if config.has_history:
         hours = all_hours | "DeviceHoursOfPeriod" >> KeepOutputPeriod(config)
+        if hour_tables is not None:
+            hour_tables = hour_tables | "DeviceHourTablesOfPeriod" >> KeepPeriodTables(
+                config.from_day, None, column="hour_ms")
         signals = signals | "SignalsOfPeriod" >> KeepOutputPeriod(config)
         alerts = alerts | "AlertsOfPeriod" >> KeepOutputPeriod(config)
 
-    results.update(records=records, hours=hours, signals=signals, alerts=alerts)
-    files = WholeFiles(config.lake, config.out, columnar=config.engine == "columnar")
+    results.update(records=steps.archived, hours=hours, signals=signals, alerts=alerts)
+    if hour_tables is not None:
+        results["hour_tables"] = hour_tables
+    files = WholeFiles(config.lake, config.out, columnar=config.engine == "columnar", shards=config.hour_shards)
     _ = results | "PublishResults" >> PublishResults(files, config.influx)
     return p
 

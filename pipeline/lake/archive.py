@@ -3,10 +3,12 @@
     <lake>/landing/dt=…/part-….parquet           raw broker messages (the lander writes them)
     <lake>/records/dt=YYYY-MM-DD/hour=HH/part-00000.parquet
                                                  validated, deduplicated records by event hour
+                                                 (part-<n>: one per device shard of the hour)
 
 Rows or Arrow tables: ``WriteRawArchive`` writes one dict per record (the
-per-element engine), ``WriteRawArchiveTables`` Arrow tables (the columnar
-batch job); both write the same files.
+per-element engine), ``WriteArchiveTables`` the columnar engine's hour
+tables as they come from its dedupe (one table per event hour, or per device
+shard of it: ``part-<shard>.parquet``); both write the same rows.
 
 The archive is what history is recomputed from. Each hour partition is written
 whole by one worker to a temporary name and renamed into place, so a reader
@@ -22,13 +24,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from .schema import lake_schema
-from .storage import commit_bytes, parquet_bytes, table_from_ipc, table_to_ipc
+from .storage import commit_bytes, device_shard, parquet_bytes
 
 
 def _join(*parts: str) -> str:
@@ -41,17 +42,30 @@ def partition_of(ts_ms: int) -> str:
     return f"dt={at:%Y-%m-%d}/hour={at:%H}"
 
 
-def write_partition(lake: str, partition: str, table: pa.Table) -> str:
-    """Write one event-hour partition whole (rows by device, boot, seq); returns the path."""
-    final = _join(lake, "records", partition, "part-00000.parquet")
+def write_partition(lake: str, partition: str, table: pa.Table, *, part: str = "part-00000.parquet",
+                    stale: int = 1) -> str:
+    """Write one event-hour partition's ``part`` whole (rows by device, boot, seq); returns the path.
+
+    What it supersedes is removed after the new file is in place, so the
+    hour is never missing: the streaming job's panes of the hour
+    (``part-s-*``; the backfill derived this file from the same landing zone
+    they came from) and the parts of an earlier run with more groups than
+    ``stale`` (``part-<n>`` for n ≥ ``stale``).
+    """
+    final = _join(lake, "records", partition, part)
     commit_bytes(final, parquet_bytes(table))
-    # The streaming job's panes for this hour (part-s-*) are superseded: the
-    # backfill derived this file from the same landing zone they came from.
-    # Removed after the new file is in place, so the hour is never missing.
-    panes = FileSystems.match([_join(lake, "records", partition, "part-s-*.parquet")])[0].metadata_list
-    if panes:
-        FileSystems.delete([m.path for m in panes])
+    found = FileSystems.match([_join(lake, "records", partition, "part-*.parquet")])[0].metadata_list
+    superseded = [m.path for m in found if _superseded(m.path.rsplit("/", 1)[-1], stale)]
+    if superseded:
+        FileSystems.delete(superseded)
     return final
+
+
+def _superseded(name: str, groups: int) -> bool:
+    if name.startswith("part-s-"):
+        return True
+    index = name[len("part-"):-len(".parquet")]
+    return index.isdigit() and int(index) >= groups
 
 
 class _WritePartition(beam.DoFn):
@@ -86,54 +100,46 @@ class WriteRawArchive(beam.PTransform):
         )
 
 
-def _by_partition(table: pa.Table) -> Iterator[tuple[str, bytes]]:
-    """``(partition, IPC bytes of its rows)`` per event hour of ``table``.
-
-    Bytes, not tables: the local runner groups in its own process by decoding
-    and re-encoding every value with its coder; bytes pass through as they are.
-    One ``take`` orders the rows by hour; the IPC stream of a slice holds only
-    the slice's rows.
-    """
-    ts = table["ts_ms"].to_numpy()
-    hours = ts - ts % 3_600_000
-    order = np.argsort(hours, kind="stable")
-    hours = hours[order]
-    starts = np.flatnonzero(np.concatenate(([True], hours[1:] != hours[:-1])))
-    ends = np.append(starts[1:], len(hours))
-    ordered = table.take(pa.array(order))
-    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-        yield partition_of(int(hours[start])), table_to_ipc(ordered.slice(start, end - start))
+def part_name(shard: int) -> str:
+    """The file of a group's rows in its hour partition: ``part-<shard>.parquet`` (shard 0: ``part-00000``)."""
+    return f"part-{shard:05d}.parquet"
 
 
-class _WritePartitionTables(beam.DoFn):
-    def __init__(self, lake: str) -> None:
-        self.lake = lake
+class _WriteHourTable(beam.DoFn):
+    def __init__(self, lake: str, shards: int) -> None:
+        self.lake, self.shards = lake, shards
         self.files = Metrics.counter("lake", "archive_files")
         self.rows = Metrics.counter("lake", "archive_rows")
 
-    def process(self, element: tuple[str, Iterable[bytes]]) -> Iterator[str]:
-        partition, parts = element
-        tables = [table_from_ipc(part) for part in parts]
-        table = pa.concat_tables(tables).sort_by(
-            [("device_id", "ascending"), ("boot", "ascending"), ("seq", "ascending")]
+    def process(self, table: pa.Table) -> Iterator[str]:
+        if table.num_rows == 0:
+            return
+        partition = partition_of(table["ts_ms"][0].as_py())
+        shard = device_shard(table["device_id"][0].as_py(), self.shards)
+        ordered = table.sort_by([("device_id", "ascending"), ("boot", "ascending"), ("seq", "ascending")])
+        final = write_partition(
+            self.lake, partition, ordered.replace_schema_metadata(lake_schema().metadata),
+            part=part_name(shard), stale=self.shards,
         )
-        final = write_partition(self.lake, partition, table.replace_schema_metadata(lake_schema().metadata))
         self.files.inc()
         self.rows.inc(table.num_rows)
         yield final
 
 
-class WriteRawArchiveTables(beam.PTransform):
-    """Deduplicated lake tables → the same hour files as :class:`WriteRawArchive`; emits the paths."""
+class WriteArchiveTables(beam.PTransform):
+    """Hour tables of :class:`~fleetpulse.pipeline.transforms.columnar.DedupeRecordTables` → the hour
+    files of :class:`WriteRawArchive`; emits the paths.
 
-    def __init__(self, lake: str) -> None:
+    Each table is one event hour (with ``shards`` > 1, one device shard of it)
+    and holds every record of it, so it is written as it comes, without
+    another shuffle: ``part-00000.parquet``, or ``part-<shard>.parquet`` per
+    shard, replacing a previous run's parts of the hour (also those of a run
+    with more shards).
+    """
+
+    def __init__(self, lake: str, shards: int = 1) -> None:
         super().__init__()
-        self.lake = lake
+        self.lake, self.shards = lake, shards
 
     def expand(self, tables: beam.PCollection) -> beam.PCollection:
-        return (
-            tables
-            | "SplitByHour" >> beam.FlatMap(_by_partition).with_output_types(tuple[str, bytes])
-            | "GroupByHour" >> beam.GroupByKey()
-            | "WriteHour" >> beam.ParDo(_WritePartitionTables(self.lake))
-        )
+        return tables | "WriteHour" >> beam.ParDo(_WriteHourTable(self.lake, self.shards))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import zlib
 from pathlib import Path
 
 import pyarrow as pa
@@ -110,6 +111,11 @@ def compacted(table: pa.Table) -> pa.Table:
     if not any(chunk.offset for column in table.columns for chunk in column.chunks):
         return table
     return table.take(pa.array(range(table.num_rows), type=pa.int64()))
+
+
+def device_shard(device_id: str, shards: int) -> int:
+    """A device's shard among ``shards``, the same in every process (CRC-32; ``hash()`` is salted)."""
+    return zlib.crc32(device_id.encode("utf-8")) % shards
 
 
 def table_to_ipc(table: pa.Table) -> bytes:

@@ -2,6 +2,7 @@
 
     records      ─▶ raw archive (lake/records, by event hour)
     hours        ─▶ <out>/device_hourly        ─▶ InfluxDB fp_device_hourly
+                    (from ``hour_tables`` when the job has the device hours as Arrow tables)
     signals      ─▶ <out>/signals              ─▶ InfluxDB fp_customer_daily
     alerts       ─▶ <out>/alerts
     status       ─────────────────────────────▶ InfluxDB fp_gateway_status
@@ -25,12 +26,12 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.transforms.window import GlobalWindows
 
-from fleetpulse.pipeline.lake.archive import WriteRawArchive, WriteRawArchiveTables
+from fleetpulse.pipeline.lake.archive import WriteArchiveTables, WriteRawArchive
 from fleetpulse.pipeline.model import DEVICE_HOUR_SCHEMA, SIGNAL_SCHEMA
 
 from . import tables
 from .bundles import WriteArchivePanes, WriteJsonLinesParts, WriteParquetParts
-from .files import WriteJsonLines, WriteParquet
+from .files import WriteJsonLines, WriteParquet, WriteParquetTables
 from .influx import InfluxConfig, WriteToInflux
 from .points import customer_day_point, device_hour_point, gateway_status_point
 
@@ -42,22 +43,29 @@ class Files(Protocol):
 
     def table(self, name: str, schema: pa.Schema) -> beam.PTransform: ...
 
+    def arrow_table(self, name: str, schema: pa.Schema) -> beam.PTransform: ...
+
     def lines(self, name: str) -> beam.PTransform: ...
 
 
 @dataclass(frozen=True)
 class WholeFiles:
-    """Batch: each output written whole when the job ends; ``columnar``: records arrive as Arrow tables."""
+    """Batch: each output written whole when the job ends; ``columnar``: records arrive as the
+    hour tables of the columnar dedupe (``shards`` groups per hour)."""
 
     lake: str
     out: str
     columnar: bool = False
+    shards: int = 1
 
     def archive(self) -> beam.PTransform:
-        return WriteRawArchiveTables(self.lake) if self.columnar else WriteRawArchive(self.lake)
+        return WriteArchiveTables(self.lake, self.shards) if self.columnar else WriteRawArchive(self.lake)
 
     def table(self, name: str, schema: pa.Schema) -> beam.PTransform:
         return WriteParquet(f"{self.out.rstrip('/')}/{name}", schema)
+
+    def arrow_table(self, name: str, schema: pa.Schema) -> beam.PTransform:
+        return WriteParquetTables(f"{self.out.rstrip('/')}/{name}", schema)
 
     def lines(self, name: str) -> beam.PTransform:
         return WriteJsonLines(f"{self.out.rstrip('/')}/{name}.jsonl")
@@ -82,12 +90,26 @@ class BundleFiles:
     def table(self, name: str, schema: pa.Schema) -> beam.PTransform:
         return WriteParquetParts(f"{self.out.rstrip('/')}/{name}", schema, register=self._register)
 
+    def arrow_table(self, name: str, schema: pa.Schema) -> beam.PTransform:
+        return _TableRows(name) | self.table(name, schema)
+
     def lines(self, name: str) -> beam.PTransform:
         return WriteJsonLinesParts(f"{self.out.rstrip('/')}/{name}", register=self._register)
 
 
+class _TableRows(beam.PTransform):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name}Rows")
+
+    def expand(self, tables: beam.PCollection) -> beam.PCollection:
+        return tables | beam.FlatMap(lambda table: table.to_pylist())
+
+
 class PublishResults(beam.PTransform):
-    """``{"records", "hours", "signals", "alerts", "status", "…dead_letters"}`` → every output.
+    """``{"records", "hours", "hour_tables", "signals", "alerts", "status", "…dead_letters"}`` → every output.
+
+    ``hour_tables`` (optional): the device hours of ``hours`` as
+    DEVICE_HOUR_SCHEMA tables, written to device_hourly without row dicts.
 
     Every key ending in ``dead_letters`` is a step's dead letters (e.g.
     ``dead_letters`` of the decoder, ``status_dead_letters``); ``signals`` and
@@ -104,11 +126,14 @@ class PublishResults(beam.PTransform):
         files = self.files
         _ = results["records"] | "WriteRawArchive" >> files.archive()
         hours = results["hours"]
-        _ = (
-            hours
-            | "DeviceHourRows" >> beam.Map(tables.device_hour_row)
-            | "WriteDeviceHours" >> files.table("device_hourly", DEVICE_HOUR_SCHEMA)
-        )
+        if "hour_tables" in results:
+            _ = results["hour_tables"] | "WriteDeviceHours" >> files.arrow_table("device_hourly", DEVICE_HOUR_SCHEMA)
+        else:
+            _ = (
+                hours
+                | "DeviceHourRows" >> beam.Map(tables.device_hour_row)
+                | "WriteDeviceHours" >> files.table("device_hourly", DEVICE_HOUR_SCHEMA)
+            )
         point_sets = {"Device": hours | "DevicePoints" >> beam.Map(device_hour_point)}
         signals, alerts, status = results.get("signals"), results.get("alerts"), results.get("status")
         if signals is not None:

@@ -1,8 +1,9 @@
 """The columnar batch path: landing tables → lake tables → deduplicated → device-hour tables.
 
     landing tables ─DecodeBatchTables─▶ lake tables (+ dead_letters)       arrow_decode.ArrowDecoder
-                   ─DedupeRecordTables(shards)─▶ one table per device shard, one row per record
-                   ─DeviceHourTables─▶ device-hour tables (DEVICE_HOUR_SCHEMA)
+                   ─DedupeRecordTables(shards)─▶ one table per event hour (× device shard),
+                                                 one row per record         ─▶ raw archive
+                   ─DeviceHourTables─▶ device-hour tables (DEVICE_HOUR_SCHEMA) ─▶ device_hourly
                    ─DeviceHoursFromTables─▶ DeviceHour                      (Python objects only here)
 
 The same numbers as the per-element transforms (:class:`~.decode.DecodeBatches`
@@ -10,15 +11,20 @@ The same numbers as the per-element transforms (:class:`~.decode.DecodeBatches`
 ``batch`` mode), which stay for the streaming job and as the benchmark's
 baseline; ``tests/test_columnar_*.py`` hold the two paths to that.
 
-**Why device shards.** Copies of a record share its ``device_id`` (they are
-the same record, redelivered), and a device-hour is one device's. So the
-decoded tables are split by a stable hash of ``device_id`` into ``shards``
-groups and each group — every record of its devices, from every landing file
-and bundle — is deduplicated and rolled up whole, with pyarrow and numpy.
-Nothing is combined across groups, so a duplicate or a device-hour spanning
-files is handled exactly like in the per-element path, without assuming
-anything about event time. ``shards`` bounds the parallelism of the step and
-the memory one group needs (about 1/shards of the period's records).
+**Why event hours.** Copies of a record are the same record redelivered: they
+share its ``device_id`` and its ``ts_ms``. A device-hour is one device's hour.
+So the decoded tables are split by event hour (and, with ``shards`` > 1, by a
+stable hash of ``device_id`` within the hour) and each group — every record
+of its hour, from every landing file and bundle — is deduplicated and rolled
+up whole, with pyarrow and numpy, and written to the raw archive as it is:
+one shuffle for the three. Nothing is combined across groups. A group is one
+hour of the fleet (1/shards of it), so the largest element and the memory of
+a step are bounded by the fleet's hourly volume, never by the lake's length;
+``shards`` is for fleets whose hour is too big for one worker. Dedupe is
+therefore scoped to the event hour, as in the streaming job (whose dedupe
+runs in hour windows): two records of a device with the same (boot, seq) in
+different hours are not copies (a device that reused its counter) and both
+are kept, in both engines.
 
 Dedupe keeps, per (device_id, boot, seq), the copy the per-element
 :class:`~.dedupe.PickSurvivorFn` keeps: smallest ``received_ms``, then the
@@ -27,14 +33,14 @@ millisecond). Float sums use ``math.fsum`` exactly as the per-element
 combiner does (the sum of one value is the value plus 0.0, which is what
 ``fsum`` gives); only groups of two or more values reach Python.
 
-The device-shard shuffle carries Arrow IPC streams as bytes
-(:func:`table_to_ipc`, LZ4), not tables: the local FnApiRunner groups in its
-own process by decoding and re-encoding every value with the value coder, and
-bytes pass through it untouched. Parts are slices of one ordered copy of a
-decoded table; the IPC stream of a slice holds only its rows (a pickled slice
-would carry its parent's buffers). Other table PCollections that cross a stage
-boundary use :class:`ArrowTableCoder` (the same IPC streams), registered for
-``pyarrow.Table``.
+The hour shuffle carries Arrow IPC streams as bytes (:func:`table_to_ipc`,
+LZ4), not tables: the local FnApiRunner groups in its own process by decoding
+and re-encoding every value with the value coder, and bytes pass through it
+untouched. Each part is its own ``take`` of its rows (a slice would carry its
+parent's buffers into the stream: see
+:func:`~fleetpulse.pipeline.lake.storage.compacted`). Other table
+PCollections that cross a stage boundary use :class:`ArrowTableCoder` (the
+same IPC streams), registered for ``pyarrow.Table``.
 
 Counters keep the per-element paths' names: ``fleetpulse.pipeline.decode``
 (received / sent / dropped / dropped_<reason>) and
@@ -45,7 +51,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -56,7 +61,7 @@ import pyarrow.compute as pc
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from fleetpulse.pipeline.lake.storage import table_from_ipc, table_to_ipc
+from fleetpulse.pipeline.lake.storage import device_shard, table_from_ipc, table_to_ipc
 from fleetpulse.pipeline.model import DEVICE_HOUR_SCHEMA, DeviceHour
 from fleetpulse.schemas import Contract
 
@@ -68,8 +73,8 @@ from .dedupe import _canonical
 from .rollups import ERROR_SEVERITIES, HOUR_S
 
 HOUR_MS = HOUR_S * 1000
-#: Default device shards of the dedupe/rollup grouping (see the module docstring).
-DEFAULT_SHARDS = 16
+#: Default device shards of an event hour in the dedupe/rollup grouping (see the module docstring).
+DEFAULT_SHARDS = 1
 #: Landing messages decoded together (bounds the memory of one decode step).
 DEFAULT_CHUNK_MESSAGES = 1000
 
@@ -109,20 +114,31 @@ def shard_of(device_ids: pa.ChunkedArray | pa.Array, shards: int) -> np.ndarray:
     array = device_ids.combine_chunks() if isinstance(device_ids, pa.ChunkedArray) else device_ids
     encoded = pc.dictionary_encode(array)
     per_device = np.fromiter(
-        (zlib.crc32(d.encode("utf-8")) % shards for d in encoded.dictionary.to_pylist()),
+        (device_shard(d, shards) for d in encoded.dictionary.to_pylist()),
         dtype=np.int64,
         count=len(encoded.dictionary),
     )
     return per_device[np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)]
 
 
-def split_table(table: pa.Table, keys: np.ndarray) -> Iterator[tuple[int, pa.Table]]:
-    """``(key, rows with that key)`` for every distinct integer key.
+def group_keys(table: pa.Table, shards: int) -> np.ndarray:
+    """The grouping key of each row: its event hour and device shard, ``hour_index * shards + shard``.
 
-    One ``take`` puts the rows in key order, then each part is a zero-copy
-    slice of that copy. A slice shares its parent's buffers: send it through
-    :func:`table_to_ipc`, which writes only the slice's rows, never as a
-    pickle (a pickled slice carries the whole parent).
+    Copies of a record carry its ``ts_ms`` and ``device_id`` and a
+    device-hour is one device's hour, so every group holds every copy of its
+    records and whole device-hours (see the module docstring).
+    """
+    keys = (_numpy(table["ts_ms"]) // HOUR_MS) * shards
+    return keys + shard_of(table["device_id"], shards) if shards > 1 else keys
+
+
+def split_table(table: pa.Table, keys: np.ndarray) -> Iterator[tuple[int, pa.Table]]:
+    """``(key, rows with that key)`` for every distinct integer key, in key order.
+
+    Each part is its own ``take`` of its rows, not a slice of an ordered copy:
+    a slice shares its parent's buffers, and the IPC stream of a slice that
+    starts at a null list still carries the parent's whole child arrays
+    (:func:`~fleetpulse.pipeline.lake.storage.compacted`).
     """
     if table.num_rows == 0:
         return
@@ -130,16 +146,19 @@ def split_table(table: pa.Table, keys: np.ndarray) -> Iterator[tuple[int, pa.Tab
     sorted_keys = keys[order]
     starts = np.flatnonzero(_runs(sorted_keys))
     ends = np.append(starts[1:], len(order))
-    ordered = table.take(pa.array(order))
+    if len(starts) == 1:
+        yield int(sorted_keys[0]), table
+        return
     for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-        yield int(sorted_keys[start]), ordered.slice(start, end - start)
+        yield int(sorted_keys[start]), table.take(pa.array(order[start:end]))
 
 
 # -------------------------------------------------------------------- dedupe
 
 
 def dedupe_table(table: pa.Table) -> tuple[pa.Table, int]:
-    """One row per (device_id, boot, seq), the survivor the per-element dedupe picks; and copies removed.
+    """One row per (device_id, boot, seq, event hour), the survivor the per-element dedupe picks; and
+    copies removed.
 
     Survivors keep their order in ``table``.
 
@@ -150,9 +169,10 @@ def dedupe_table(table: pa.Table) -> tuple[pa.Table, int]:
         return table, 0
     device = _codes(table["device_id"])
     boot, seq, received = (_numpy(table[name]) for name in ("boot", "seq", "received_ms"))
-    order = np.lexsort((received, seq, boot, device))  # the last key sorts first
-    d, b, s, r = device[order], boot[order], seq[order], received[order]
-    first = _runs(d, b, s)
+    hour = _numpy(table["ts_ms"]) // HOUR_MS
+    order = np.lexsort((received, seq, boot, hour, device))  # the last key sorts first
+    d, h, b, s, r = device[order], hour[order], boot[order], seq[order], received[order]
+    first = _runs(d, h, b, s)
     survivors = order[first]
     # Copies landed in the same millisecond as the earliest one: the canonical JSON decides.
     tied = np.zeros(n, dtype=bool)
@@ -249,8 +269,8 @@ def _seq_spans(segment: np.ndarray, boot: np.ndarray, seq: np.ndarray, segments:
 def device_hour_table(table: pa.Table) -> pa.Table:
     """Deduplicated lake rows → one DEVICE_HOUR_SCHEMA row per (customer, site, gateway, device, hour).
 
-    ``table`` must hold every record of each of its devices (a shard from
-    :func:`dedupe_table`); the numbers equal :class:`~.rollups.DeviceHourFn`'s.
+    ``table`` must hold every record of each of its device-hours (a group from
+    :class:`DedupeRecordTables`); the numbers equal :class:`~.rollups.DeviceHourFn`'s.
     """
     n = table.num_rows
     if n == 0:
@@ -434,17 +454,17 @@ class DecodeBatchTables(beam.PTransform):
         ).with_outputs(DEAD_LETTERS, main="main")
 
 
-class _ShardFn(beam.DoFn):
+class _KeyByHourFn(beam.DoFn):
     def __init__(self, shards: int) -> None:
         self._shards = shards
         self._received = Metrics.counter(dedupe_module.METRICS_NAMESPACE, "received")
 
     def process(self, table: pa.Table) -> Iterator[tuple[int, bytes]]:
         self._received.inc(table.num_rows)
-        for shard, part in split_table(table, shard_of(table["device_id"], self._shards)):
+        for key, part in split_table(table, group_keys(table, self._shards)):
             # Bytes, not tables, through the shuffle: the local runner groups in its own
             # process by decoding and re-encoding every value with the value coder.
-            yield shard, table_to_ipc(part)
+            yield key, table_to_ipc(part)
 
 
 class _DedupeShardFn(beam.DoFn):
@@ -462,9 +482,13 @@ class _DedupeShardFn(beam.DoFn):
 
 
 class DedupeRecordTables(beam.PTransform):
-    """Lake tables → one deduplicated table per device shard (every record of its devices).
+    """Lake tables → one deduplicated table per event hour and device shard.
 
-    The columnar :class:`~.dedupe.DedupeRecords` for the global window (batch).
+    The columnar :class:`~.dedupe.DedupeRecords` for batch: each output table
+    holds every record of its device-hours, for :class:`DeviceHourTables` and
+    the raw archive (:class:`~fleetpulse.pipeline.lake.archive.WriteArchiveTables`)
+    without another shuffle; its size is bounded by one hour of the fleet
+    (or 1/shards of it), not by the lake.
     """
 
     def __init__(self, shards: int = DEFAULT_SHARDS, label: str | None = None) -> None:
@@ -476,14 +500,14 @@ class DedupeRecordTables(beam.PTransform):
     def expand(self, tables: beam.PCollection) -> beam.PCollection:
         return (
             tables
-            | "KeyByDeviceShard" >> beam.ParDo(_ShardFn(self._shards)).with_output_types(tuple[int, bytes])
-            | "GroupShard" >> beam.GroupByKey()
+            | "KeyByHour" >> beam.ParDo(_KeyByHourFn(self._shards)).with_output_types(tuple[int, bytes])
+            | "GroupHour" >> beam.GroupByKey()
             | "PickSurvivors" >> beam.ParDo(_DedupeShardFn()).with_output_types(pa.Table)
         )
 
 
 class DeviceHourTables(beam.PTransform):
-    """Device-shard tables from :class:`DedupeRecordTables` → DEVICE_HOUR_SCHEMA tables."""
+    """Hour tables from :class:`DedupeRecordTables` → DEVICE_HOUR_SCHEMA tables."""
 
     def expand(self, tables: beam.PCollection) -> beam.PCollection:
         return tables | "RollUp" >> beam.Map(device_hour_table).with_output_types(pa.Table)

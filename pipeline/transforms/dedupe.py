@@ -1,4 +1,4 @@
-"""DedupeRecords: one lake row per (device_id, boot, seq).
+"""DedupeRecords: one lake row per (device_id, boot, seq) and event hour.
 
 Delivery is at-least-once from the device to the pipeline (a gateway resends
 a batch it never saw acknowledged; a lake backfill may overlap a live run),
@@ -6,6 +6,12 @@ so the same record can arrive several times. The contract makes
 ``(device_id, boot, seq)`` unique per record; the survivor among copies is
 chosen deterministically — smallest ``received_ms``, then the smallest
 canonical JSON — so a replay keeps the same row as the original run.
+
+Copies of a record are the same record redelivered, so they share its
+``ts_ms``: the key holds the event hour too, as the columnar engine's hour
+groups and the streaming job's hour windows do (two records of a device with
+the same (boot, seq) in different hours are not copies but a device that
+reused its counter, and both are kept, in every engine).
 
 Dedupe happens within the input's windows: the global window in batch (every
 copy anywhere in the input collapses), event-time windows in streaming (the
@@ -32,9 +38,12 @@ from apache_beam.transforms.window import TimestampCombiner
 METRICS_NAMESPACE = "fleetpulse.pipeline.dedupe"
 
 
-def record_key(row: dict[str, Any]) -> tuple[str, int, int]:
-    """The identity of a record: unique per device, boot and sequence number."""
-    return (row["device_id"], row["boot"], row["seq"])
+HOUR_MS = 3_600_000
+
+
+def record_key(row: dict[str, Any]) -> tuple[str, int, int, int]:
+    """The identity of a record: device, boot, sequence number and event hour (see the module docstring)."""
+    return (row["device_id"], row["boot"], row["seq"], row["ts_ms"] // HOUR_MS)
 
 
 def _canonical(row: dict[str, Any]) -> str:
@@ -101,7 +110,7 @@ class _CountReceivedFn(beam.DoFn):
 
 
 class DedupeRecords(beam.PTransform):
-    """Lake rows → the same rows with copies of a (device_id, boot, seq) removed."""
+    """Lake rows → the same rows with copies of a (device_id, boot, seq) in an event hour removed."""
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         windowing = rows.windowing

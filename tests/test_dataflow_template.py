@@ -58,6 +58,7 @@ BAD = {
     "from": "2026-13-01",
     "to": "20260831",
     "history_days": "-1",
+    "hour_shards": "0",
     "broker": "mqtt.example.com",
     "tls": "yes",
     "ca_file": "ca.pem",

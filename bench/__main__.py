@@ -20,6 +20,7 @@ BENCHMARKS = {
     "gateway": "bench.bench_gateway",
     "spool_commit": "bench.bench_spool_commit",
     "ingest": "bench.bench_ingest",
+    "scale": "bench.bench_scale",
 }
 
 
